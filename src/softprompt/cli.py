@@ -1,0 +1,173 @@
+"""Command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s - %(levelname)s - %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("softprompt").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("transformers", "accelerate", "peft", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="transformers")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from softprompt.config import load_config
+    from softprompt.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    results = train(config, resume=args.resume, progress=not args.no_progress)
+    summary = {k: v for k, v in results.items() if k != "evaluations"}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from softprompt.config import load_config
+    from softprompt.evaluate import evaluate
+    from softprompt.runtime import backbone_from_config, encode_settings, load_split
+    from softprompt.tuners.prompt_tuning.io import check_compatible, load_prompt
+
+    config = load_config(args.config, args.overrides)
+    loaded = load_prompt(args.prompt) if args.prompt else None
+    backbone = backbone_from_config(config, args.model)
+    prompt = None
+    if loaded is not None:
+        check_compatible(loaded, backbone)
+        prompt = loaded.weight.to(backbone.word_embeddings().dtype)
+    results: dict[str, object] = {"prompt": args.prompt, "model": backbone.name_or_path}
+    splits = [args.split] if args.split else ["val", "test"]
+    for split in splits:
+        examples = load_split(config, split)
+        if not examples:
+            continue
+        metrics, predictions = evaluate(
+            backbone,
+            prompt,
+            examples,
+            encode_settings(config),
+            batch_size=config.training.eval_batch_size or config.training.batch_size,
+            max_new_tokens=config.task.max_new_tokens,
+            generate=not args.loss_only,
+            progress=not args.no_progress,
+        )
+        results[split] = metrics
+        if args.predictions:
+            from softprompt.predict import write_records
+
+            records = [
+                {"id": e.id, "input": e.input, "target": e.target, "prediction": p}
+                for e, p in zip(examples, predictions, strict=False)
+            ]
+            write_records(records, Path(args.predictions).with_suffix(f".{split}.jsonl"))
+    if len(results) == 2:
+        print("no labelled data: set data.val_test_path or data.test_path", file=sys.stderr)
+        return EXIT_USAGE
+    text = json.dumps(results, indent=2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from softprompt.data.records import TextExample
+    from softprompt.predict import Predictor, read_inputs, write_records
+
+    if args.prompt is None and args.model is None:
+        print("predict needs --prompt DIR (or --model for the bare model)", file=sys.stderr)
+        return EXIT_USAGE
+    predictor = Predictor.from_prompt_dir(
+        args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
+    )
+    if args.text is not None:
+        examples = [TextExample(id=str(i), input=predictor.apply_template(t)) for i, t in enumerate(args.text)]
+    else:
+        task = predictor.prompt.meta.get("task", {}) if predictor.prompt else {}
+        examples = read_inputs(args.input, args.input_field or task.get("input_field", "input"), predictor.template)
+    records = list(predictor.predict(examples, args.batch_size, progress=not args.no_progress))
+    if args.text is not None:
+        for record, text in zip(records, args.text, strict=True):
+            record["input"] = text
+    if args.output:
+        write_records(records, args.output)
+        print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
+    else:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="softprompt", description="Soft prompts for frozen text and vision-language models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a soft prompt from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument(
+        "--resume", help="checkpoint directory to continue from, or 'auto' for the newest"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a prompt (or the bare model) on the config's data")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--prompt", help="prompt directory (RUN/best, RUN/checkpoint-N); none = zero-shot")
+    p.add_argument("--model", help="base model, overriding model.name_or_path")
+    p.add_argument("--split", choices=["val", "test"], help="only this split")
+    p.add_argument("--output", help="write the metrics JSON here")
+    p.add_argument("--predictions", help="write per-example predictions (PATH.<split>.jsonl)")
+    p.add_argument("--loss-only", action="store_true", help="skip generation metrics")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="generate with a saved prompt")
+    p.add_argument("--prompt", help="prompt directory")
+    p.add_argument("--model", help="base model (default: the one recorded in the prompt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="input text (repeatable)")
+    src.add_argument("--input", help="JSONL/JSON/CSV file of inputs")
+    p.add_argument("--input-field", help="field holding the text in --input records")
+    p.add_argument("--output", help="write records here (.jsonl or .json); default stdout")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from softprompt.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""Typed run configuration: YAML is its serialised form.
+
+Every field carries a description (the README's config reference is generated from
+them). Loading applies `key.sub=value` overrides, maps the older key names that users
+bring from other scripts, and turns every validation failure into one paragraph that
+names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "embedded:smollm2-135m",
+        description="Hugging Face hub id, a local directory written by save_pretrained, or an "
+        "embedded model (`embedded:smollm2-135m`).",
+    )
+    family: Literal["causal_lm", "seq2seq"] | None = Field(
+        None, description="Backbone family; detected from the model's config when omitted."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Dtype the frozen backbone is loaded in."
+    )
+    trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
+
+
+class MethodConfig(_Section):
+    prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+
+
+class DataConfig(_Section):
+    train_path: str | None = Field(
+        None,
+        description="Training data: a .jsonl/.json/.csv/.tsv file, `builtin:aclsum/<aspect>`, "
+        "`hf:<hub id>`, or a `datasets` save_to_disk directory.",
+    )
+    val_test_path: str | None = Field(
+        None, description="Validation data (same forms); for builtins the val split is used."
+    )
+    test_path: str | None = Field(
+        None, description="Test data evaluated once at the end with the best prompt."
+    )
+    format: Literal["jsonl", "json", "csv", "tsv", "builtin", "hf", "hf_disk"] | None = Field(
+        None, description="Data format; detected from the path when omitted."
+    )
+    input_field: str = Field("input", description="Record field holding the source text.")
+    target_field: str = Field("target", description="Record field holding the reference.")
+    id_field: str = Field("id", description="Record field holding an id (optional).")
+    template: str | None = Field(
+        None,
+        description="Format string applied to each record, e.g. 'Summarize: {input}'. "
+        "Without one the input is tokenized exactly as given.",
+    )
+    max_input_length: int = Field(512, ge=1, description="Input tokens kept (truncated).")
+    max_target_length: int = Field(128, ge=1, description="Target tokens kept (truncated).")
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N.")
+    max_eval_samples: int | None = Field(None, ge=1, description="Evaluate the first N only.")
+
+
+class TaskConfig(_Section):
+    type: Literal["text2text", "classify", "caption", "vqa"] = Field(
+        "text2text", description="What the run learns; decides metrics and prediction."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Generation length for eval/predict.")
+
+
+class TrainingConfig(_Section):
+    output_dir: str = Field("runs/default", description="Run directory.")
+    epochs: float = Field(3, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps; overrides epochs when set."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per batch, per process.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
+    learning_rate: float = Field(3e-2, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after warm-up."
+    )
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null disables.")
+    logging_steps: int = Field(10, ge=1, description="Log train loss every N optimizer steps.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps; null: at each epoch end."
+    )
+    save_steps: int | None = Field(
+        None, ge=1, description="Checkpoint every N optimizer steps; null: with each eval."
+    )
+    save_total_limit: int | None = Field(
+        2, ge=1, description="Keep only the newest N checkpoint-STEP directories."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without improvement."
+    )
+    metric_for_best_model: str = Field(
+        "eval_loss", description="Metric deciding best/ (eval_loss, eval_rougeL, eval_bleu, ...)."
+    )
+    greater_is_better: bool | None = Field(
+        None, description="Direction of metric_for_best_model; inferred from its name if null."
+    )
+    eval_generate: bool = Field(
+        True, description="Generate during eval to compute ROUGE/BLEU/EM (slower than loss)."
+    )
+    group_by_length: bool = Field(True, description="Length-bucketed batches (less padding).")
+    bf16: bool = Field(False, description="bfloat16 autocast where the device supports it.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    seed: int = Field(42, description="Seed for init, data order and dropout.")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+# Names from the scripts users bring (seed 000's InstructBLIP trainer and HF Trainer
+# habits) -> our keys. They keep working, with a warning naming the new key.
+LEGACY_KEYS: dict[str, str] = {
+    "model.prompt_tuning_params.num_virtual_tokens": "method.prompt_tuning.num_virtual_tokens",
+    "model.prompt_tuning_params.init_method": "method.prompt_tuning.init_method",
+    "model.prompt_tuning_params.init_text": "method.prompt_tuning.init_text",
+    "model.prompt_tuning_params.prompt_tuning_init_text": "method.prompt_tuning.init_text",
+    "model.model_name": "model.name_or_path",
+    "model.model_name_or_path": "model.name_or_path",
+    "training.learning_rate_prompt_tuning": "training.learning_rate",
+    "training.num_train_epochs": "training.epochs",
+    "training.num_epochs": "training.epochs",
+    "training.per_device_train_batch_size": "training.batch_size",
+    "training.per_device_eval_batch_size": "training.eval_batch_size",
+    "prompt_tuning.prompt_length": "method.prompt_tuning.num_virtual_tokens",
+    "prompt_tuning.enabled": "method.prompt_tuning.enabled",
+    "prompt_tuning.initialization": "method.prompt_tuning.init_method",
+}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _all_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_all_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _map_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    flat = _flatten(raw)
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        new = LEGACY_KEYS.get(key)
+        if new is not None:
+            warnings.warn(f"config key {key!r} is deprecated; use {new!r}", stacklevel=3)
+            if new.endswith("init_method") and isinstance(value, str):
+                value = value.upper()
+            key = new
+        _set_dotted(out, key, value)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line override value with YAML rules (`3e-2`, `true`, `null`, `[1,2]`)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not isinstance(p, int))
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            close = difflib.get_close_matches(loc, _all_keys(), n=1, cutoff=0.5)
+            leaf = loc.rsplit(".", 1)[-1]
+            if not close:
+                close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"unknown key {loc!r}{hint}")
+        else:
+            value = item.get("input")
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc or '(top level)'}: {msg} (got {value!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def build_config(
+    raw: dict[str, Any] | None, overrides: list[str] | None = None, source: str = "<dict>"
+) -> RunConfig:
+    """Validate a raw mapping plus `key.sub=value` overrides into a RunConfig.
+
+    Raises:
+        ConfigError: naming the offending key and value (and the closest valid key).
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping")
+    tree = _map_legacy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        key = LEGACY_KEYS.get(key.strip(), key.strip())
+        _set_dotted(tree, key, parse_value(value))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config file and apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return build_config(raw, overrides, source=str(path))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (every default made explicit) as YAML."""
+    Path(path).write_text(
+        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )
+
+
+def config_reference_markdown() -> str:
+    """The config reference table the README embeds (one row per key)."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            rows.append(f"| `{prefix}{name}` | `{default!r}` | {field.description or ''} |")
+
+    walk(RunConfig, "")
+    return "\n".join(rows)

@@ -1,0 +1,358 @@
+"""The training loop: one explicit function, no hooks.
+
+Only the soft prompt trains. Each optimizer step consumes `gradient_accumulation_steps`
+batches; their loss is normalised by the label tokens of the whole step, so
+accumulating k batches of size b gives the same update as one batch of size k*b.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from softprompt.backbones.base import Backbone, input_lengths
+from softprompt.config import ConfigError, RunConfig, save_config
+from softprompt.data.batching import epoch_batches
+from softprompt.evaluate import evaluate
+from softprompt.runtime import backbone_from_config, encode_settings, load_split, task_record
+from softprompt.train.checkpoint import (
+    TrainState,
+    find_latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from softprompt.tuners.prompt_tuning.io import fingerprint, load_prompt, save_prompt
+from softprompt.tuners.prompt_tuning.model import SoftPrompt, count_parameters, log_parameter_counts
+from softprompt.tuners.splice import IGNORE_INDEX
+
+logger = logging.getLogger("softprompt")
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric or "perplexity" in metric
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """`auto` -> newest complete checkpoint of the run (None if there is none)."""
+    if resume == "auto":
+        return find_latest_checkpoint(run_dir)
+    return Path(resume)
+
+
+class _MetricsLog:
+    """Appends one JSON object per event to run_dir/metrics.jsonl."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _write_prompt_dir(
+    directory: Path, weight: torch.Tensor, backbone: Backbone, config: RunConfig, fp: dict
+) -> None:
+    pt = config.method.prompt_tuning
+    save_prompt(
+        directory,
+        weight,
+        family=backbone.family,
+        base_model=config.model.name_or_path,
+        fingerprint_info=fp,
+        init_method=pt.init_method,
+        init_text=pt.init_text,
+        task=task_record(config),
+    )
+
+
+def _replace_dir_atomically(target: Path, write) -> None:
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    old = target.parent / f".old-{target.name}-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train(config: RunConfig, resume: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Prompt-tune `config.model` on `config.data`; returns the all_results.json content.
+
+    Args:
+        config: validated run configuration.
+        resume: a checkpoint directory, or "auto" for the newest complete one in
+            `training.output_dir` (starts fresh when there is none).
+        progress: show a progress bar (the CLI turns it on).
+    """
+    t = config.training
+    pt = config.method.prompt_tuning
+    if not pt.enabled:
+        raise ConfigError(
+            "method.prompt_tuning.enabled is false: there is nothing to train "
+            "(enable the soft prompt)"
+        )
+    run_dir = Path(t.output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no")
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    set_seed(t.seed)
+
+    backbone = backbone_from_config(config)
+    backbone.model.to(accelerator.device)
+    backbone.model.train()
+    if t.gradient_checkpointing:
+        backbone.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    settings = encode_settings(config)
+    train_examples = load_split(config, "train")
+    val_examples = load_split(config, "val")
+    if not train_examples:
+        raise ConfigError(f"data.train_path {config.data.train_path!r} has no examples")
+    lengths = input_lengths(train_examples, backbone.tokenizer)
+    logger.info(
+        "Data: %d train / %d validation examples", len(train_examples), len(val_examples)
+    )
+
+    prompt = SoftPrompt(pt.num_virtual_tokens, backbone.hidden_size)
+    prompt.initialize(
+        pt,
+        backbone.word_embeddings(),
+        backbone.tokenizer,
+        generator=torch.Generator().manual_seed(t.seed),
+    )
+    log_parameter_counts(backbone.model, prompt)
+    trainable, total = count_parameters(backbone.model, prompt)
+    fp = fingerprint(backbone.word_embeddings(), backbone.tokenizer)
+
+    optimizer = torch.optim.AdamW(
+        prompt.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
+    )
+    batches_per_epoch = math.ceil(len(train_examples) / t.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / t.gradient_accumulation_steps)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    scheduler = get_scheduler(
+        t.lr_scheduler,
+        optimizer,
+        num_warmup_steps=t.warmup_steps,
+        num_training_steps=total_steps,
+    )
+    prompt, optimizer = accelerator.prepare(prompt, optimizer)
+    raw_prompt: SoftPrompt = accelerator.unwrap_model(prompt)
+
+    state = TrainState()
+    if resume:
+        path = resolve_resume(resume, run_dir)
+        if path is not None:
+            loaded = load_prompt(path)
+            with torch.no_grad():
+                raw_prompt.embedding.weight.copy_(loaded.weight)
+            state = load_checkpoint(path, optimizer, scheduler)
+            logger.info("Resumed from %s at step %d", path, state.global_step)
+
+    metric_name = t.metric_for_best_model
+    greater = t.greater_is_better
+    if greater is None:
+        greater = not lower_is_better(metric_name)
+    log = _MetricsLog(run_dir / "metrics.jsonl", main)
+    generate_in_eval = t.eval_generate and config.task.type == "text2text"
+
+    def write_prompt(directory: Path) -> None:
+        _write_prompt_dir(directory, raw_prompt.embedding.weight, backbone, config, fp)
+
+    def checkpoint() -> None:
+        if main:
+            save_checkpoint(run_dir, state, write_prompt, optimizer, scheduler)
+            prune_checkpoints(run_dir, t.save_total_limit)
+        accelerator.wait_for_everyone()
+
+    def run_eval(epoch_float: float) -> bool:
+        """Evaluate, update best/; returns True when early stopping triggers."""
+        if not val_examples:
+            return False
+        metrics, _ = evaluate(
+            backbone,
+            raw_prompt.embedding.weight,
+            val_examples,
+            settings,
+            batch_size=t.eval_batch_size or t.batch_size,
+            max_new_tokens=config.task.max_new_tokens,
+            generate=generate_in_eval,
+            progress=progress and main,
+            autocast=accelerator.autocast,
+        )
+        record = {"event": "eval", "step": state.global_step, "epoch": round(epoch_float, 4)}
+        record.update({f"eval_{k}": v for k, v in metrics.items()})
+        log.write(record)
+        state.evaluations.append(record)
+        logger.info("eval step %d: %s", state.global_step, _fmt(record))
+        if metric_name not in record:
+            raise ConfigError(
+                f"training.metric_for_best_model {metric_name!r} is not an eval metric here; "
+                f"available: {', '.join(k for k in record if k.startswith('eval_'))}"
+            )
+        value = float(record[metric_name])
+        best = state.best_metric
+        improved = best is None or (value > best if greater else value < best)
+        if improved:
+            state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
+            if main:
+                _replace_dir_atomically(run_dir / "best", write_prompt)
+        else:
+            state.bad_evals += 1
+        patience = t.early_stopping_patience
+        return patience is not None and state.bad_evals >= patience
+
+    ga = t.gradient_accumulation_steps
+    device = accelerator.device
+    bar = tqdm(total=total_steps, initial=state.global_step, desc="train", disable=not (progress and main))
+    started = time.perf_counter()
+    samples_done, window_loss, window_tokens = 0, 0.0, 0
+    stop = False
+    last_saved = state.global_step if resume else -1
+    try:
+        while state.global_step < total_steps and not stop:
+            batches = epoch_batches(
+                lengths, t.batch_size, t.seed, state.epoch, group_by_length=t.group_by_length
+            )
+            while state.batch_in_epoch < len(batches) and state.global_step < total_steps:
+                group = batches[state.batch_in_epoch : state.batch_in_epoch + ga]
+                micro = [
+                    {
+                        k: v.to(device)
+                        for k, v in backbone.collate(
+                            [train_examples[i] for i in idx], settings, with_targets=True
+                        ).items()
+                    }
+                    for idx in group
+                ]
+                step_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
+                for b in micro:
+                    with accelerator.autocast():
+                        loss_sum, _ = backbone.loss_sum(b, prompt(b["input_ids"].shape[0]))
+                    accelerator.backward(loss_sum / max(step_tokens, 1))
+                    window_loss += float(loss_sum.detach())
+                if t.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(prompt.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                window_tokens += step_tokens
+                samples_done += sum(len(idx) for idx in group)
+                state.global_step += 1
+                state.batch_in_epoch += len(group)
+                bar.update(1)
+                epoch_float = state.epoch + state.batch_in_epoch / len(batches)
+                if state.global_step % t.logging_steps == 0 or state.global_step == total_steps:
+                    elapsed = time.perf_counter() - started
+                    record = {
+                        "event": "train",
+                        "step": state.global_step,
+                        "epoch": round(epoch_float, 4),
+                        "loss": window_loss / max(window_tokens, 1),
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "samples_per_second": samples_done / max(elapsed, 1e-9),
+                    }
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    logger.debug("train %s", _fmt(record))
+                    window_loss, window_tokens = 0.0, 0
+                epoch_end = state.batch_in_epoch >= len(batches)
+                due_eval = (
+                    state.global_step % t.eval_steps == 0 if t.eval_steps else epoch_end
+                ) or state.global_step == total_steps
+                if due_eval:
+                    stop = run_eval(epoch_float)
+                due_save = (
+                    state.global_step % t.save_steps == 0 if t.save_steps else due_eval
+                )
+                if due_save or stop:
+                    checkpoint()
+                    last_saved = state.global_step
+                if stop:
+                    logger.info(
+                        "Early stopping at step %d: no improvement in %s for %d evaluations",
+                        state.global_step,
+                        metric_name,
+                        state.bad_evals,
+                    )
+                    break
+            if state.batch_in_epoch >= len(batches):
+                state.epoch += 1
+                state.batch_in_epoch = 0
+    except KeyboardInterrupt:
+        logger.warning("Interrupted: saving checkpoint-%d before exiting", state.global_step)
+        checkpoint()
+        raise
+    finally:
+        bar.close()
+    train_runtime = time.perf_counter() - started
+    if last_saved != state.global_step:
+        checkpoint()
+    if main and not (run_dir / "best").exists():
+        _replace_dir_atomically(run_dir / "best", write_prompt)
+
+    results: dict[str, Any] = {
+        "global_step": state.global_step,
+        "epoch": state.epoch + (state.batch_in_epoch / batches_per_epoch),
+        "metric_for_best_model": metric_name,
+        "best_metric": state.best_metric,
+        "best_step": state.best_step,
+        "best_model_checkpoint": str(run_dir / "best"),
+        "train_runtime": train_runtime,
+        "train_samples_per_second": samples_done / max(train_runtime, 1e-9),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "evaluations": state.evaluations,
+    }
+    test_examples = load_split(config, "test") if config.data.test_path or _has_builtin_test(
+        config
+    ) else []
+    if test_examples and main:
+        best = load_prompt(run_dir / "best").weight.to(device)
+        metrics, _ = evaluate(
+            backbone,
+            best,
+            test_examples,
+            settings,
+            batch_size=t.eval_batch_size or t.batch_size,
+            max_new_tokens=config.task.max_new_tokens,
+            generate=config.task.type == "text2text",
+            progress=progress,
+            autocast=accelerator.autocast,
+        )
+        results.update({f"test_{k}": v for k, v in metrics.items()})
+        log.write({"event": "test", "step": state.global_step, **results})
+    if main:
+        (run_dir / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return results
+
+
+def _has_builtin_test(config: RunConfig) -> bool:
+    return bool(config.data.train_path and config.data.train_path.startswith("builtin:"))
+
+
+def _fmt(record: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in record.items()
+        if k != "event"
+    )

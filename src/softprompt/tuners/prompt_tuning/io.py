@@ -1,0 +1,218 @@
+"""Prompt directories: PEFT's on-disk format plus our metadata.
+
+A prompt directory holds `adapter_config.json` and `adapter_model.safetensors` (key
+`prompt_embeddings`) exactly as PEFT writes them, so `PeftModel.from_pretrained` loads
+ours and we load PEFT's. `softprompt.json` beside them records what PEFT has no field
+for: the backbone family, placement, the task the prompt was trained for, and a
+fingerprint of the base model's embedding matrix and tokenizer, so a prompt loaded onto
+the wrong base model fails loudly instead of producing garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PromptTuningConfig as PeftPromptTuningConfig
+from safetensors.torch import load_file, save_file
+
+META_FILE = "softprompt.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT_VERSION = 1
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+class PromptLoadError(ValueError):
+    """A prompt directory is missing, damaged, or does not fit the base model."""
+
+
+@dataclass
+class LoadedPrompt:
+    """A prompt read from disk.
+
+    Attributes:
+        weight: (P, D) float32 prompt vectors (encoder prompt only for seq2seq).
+        meta: our metadata, or {} for a prompt PEFT saved.
+        peft_config: the adapter_config.json contents.
+        extra: other tensors saved beside the prompt (trainable projections, ...).
+    """
+
+    weight: torch.Tensor
+    meta: dict[str, Any]
+    peft_config: dict[str, Any]
+    directory: Path
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def base_model(self) -> str | None:
+        return self.meta.get("base_model") or self.peft_config.get("base_model_name_or_path")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def fingerprint(word_embeddings: torch.Tensor, tokenizer) -> dict[str, Any]:
+    """Identify a base model by its embedding matrix and tokenizer.
+
+    Hashes ~1k evenly spaced rows rounded to bfloat16, so a model loaded in float32 or
+    bfloat16 gets the same fingerprint, and hashing stays cheap for big vocabularies.
+    """
+    vocab_rows, dim = word_embeddings.shape
+    stride = max(1, vocab_rows // 1024)
+    rows = word_embeddings[::stride].detach().to("cpu", torch.bfloat16).contiguous()
+    emb = hashlib.sha256(f"{vocab_rows}x{dim}".encode())
+    emb.update(rows.view(torch.int16).numpy().tobytes())
+    vocab = sorted(tokenizer.get_vocab().items()) if tokenizer is not None else []
+    tok = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+    return {
+        "embedding": emb.hexdigest()[:16],
+        "tokenizer": tok[:16],
+        "vocab_size": vocab_rows,
+        "hidden_size": dim,
+    }
+
+
+def save_prompt(
+    directory: str | Path,
+    weight: torch.Tensor,
+    *,
+    family: str,
+    base_model: str,
+    fingerprint_info: dict[str, Any],
+    init_method: str = "RANDOM",
+    init_text: str | None = None,
+    placement: str = "prepend",
+    task: dict[str, Any] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a prompt directory.
+
+    Args:
+        weight: (P, D) prompt vectors.
+        family: backbone family of the base model.
+        base_model: the `model.name_or_path` it was trained on.
+        fingerprint_info: `fingerprint(...)` of that base model.
+        task: what the prompt was trained for (type, template, lengths, labels ...), so
+            `predict --prompt DIR` needs nothing else.
+        extra: additional trainable tensors (prefixed names) stored in the same file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {"prompt_embeddings": weight.detach().float().cpu().contiguous()}
+    for name, tensor in (extra or {}).items():
+        tensors[name] = tensor.detach().float().cpu().contiguous()
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    peft_config = PeftPromptTuningConfig(
+        task_type=PEFT_TASK_TYPES.get(family, "CAUSAL_LM"),
+        num_virtual_tokens=int(weight.shape[0]),
+        token_dim=int(weight.shape[1]),
+        # One prompt, on the encoder side for seq2seq (PEFT would default to 2 there).
+        num_transformer_submodules=1,
+        prompt_tuning_init="TEXT" if init_method == "TEXT" else "RANDOM",
+        prompt_tuning_init_text=init_text if init_method == "TEXT" else None,
+        tokenizer_name_or_path=base_model if init_method == "TEXT" else None,
+        base_model_name_or_path=base_model,
+    )
+    peft_config.save_pretrained(str(directory))
+    meta = {
+        "format": "softprompt-prompt",
+        "format_version": FORMAT_VERSION,
+        "family": family,
+        "placement": placement,
+        "num_virtual_tokens": int(weight.shape[0]),
+        "token_dim": int(weight.shape[1]),
+        "base_model": base_model,
+        "fingerprint": fingerprint_info,
+        "task": task or {},
+        "files": {WEIGHTS_FILE: sha256_file(directory / WEIGHTS_FILE)},
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return directory
+
+
+def load_prompt(directory: str | Path) -> LoadedPrompt:
+    """Read a prompt directory written by softprompt or by PEFT."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise PromptLoadError(f"prompt directory not found: {directory}")
+    if not config_path.is_file():
+        raise PromptLoadError(f"{directory} is not a prompt directory (no {CONFIG_FILE})")
+    try:
+        peft_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PromptLoadError(f"{config_path}: not valid JSON ({err})") from None
+    peft_type = peft_config.get("peft_type")
+    if peft_type != "PROMPT_TUNING":
+        raise PromptLoadError(
+            f"{directory} holds a {peft_type} adapter; a soft prompt needs PROMPT_TUNING"
+        )
+    meta: dict[str, Any] = {}
+    if (directory / META_FILE).is_file():
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    tensors = _read_weights(directory, meta)
+    if "prompt_embeddings" not in tensors:
+        raise PromptLoadError(f"{directory}: no 'prompt_embeddings' tensor in the weights")
+    full = tensors.pop("prompt_embeddings").float()
+    num_tokens = int(peft_config.get("num_virtual_tokens") or full.shape[0])
+    # PEFT stores encoder and decoder prompts stacked for seq2seq; the encoder one is first.
+    weight = full[:num_tokens].clone()
+    return LoadedPrompt(weight, meta, peft_config, directory, extra=tensors)
+
+
+def _read_weights(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    safetensors_path = directory / WEIGHTS_FILE
+    if safetensors_path.is_file():
+        expected = meta.get("files", {}).get(WEIGHTS_FILE)
+        if expected is not None and sha256_file(safetensors_path) != expected:
+            raise PromptLoadError(
+                f"{safetensors_path}: checksum does not match {META_FILE}; the file was "
+                "modified or damaged after it was saved"
+            )
+        try:
+            return load_file(str(safetensors_path))
+        except Exception as err:  # safetensors raises its own error types
+            raise PromptLoadError(f"{safetensors_path}: unreadable ({err})") from None
+    bin_path = directory / "adapter_model.bin"
+    if bin_path.is_file():
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise PromptLoadError(f"{directory}: no {WEIGHTS_FILE} (or adapter_model.bin)")
+
+
+def check_compatible(loaded: LoadedPrompt, backbone) -> None:
+    """Fail with a message naming both models when a prompt does not fit the backbone."""
+    trained_on = loaded.base_model or "an unknown base model"
+    dim = int(loaded.weight.shape[1])
+    if dim != backbone.hidden_size:
+        raise PromptLoadError(
+            f"prompt {loaded.directory} was trained on {trained_on} (hidden size {dim}); "
+            f"{backbone.name_or_path} has hidden size {backbone.hidden_size}"
+        )
+    family = loaded.meta.get("family")
+    if family is not None and family != backbone.family:
+        raise PromptLoadError(
+            f"prompt {loaded.directory} was trained on a {family} model ({trained_on}); "
+            f"{backbone.name_or_path} is a {backbone.family} model"
+        )
+    expected = loaded.meta.get("fingerprint")
+    if expected:
+        actual = fingerprint(backbone.word_embeddings(), backbone.tokenizer)
+        for key in ("embedding", "tokenizer"):
+            if expected.get(key) != actual[key]:
+                raise PromptLoadError(
+                    f"prompt {loaded.directory} was trained on {trained_on}, but "
+                    f"{backbone.name_or_path} has a different {key} "
+                    f"({expected.get(key)} vs {actual[key]}); pass --model with the base "
+                    "model it was trained on"
+                )

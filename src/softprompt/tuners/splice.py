@@ -1,0 +1,46 @@
+"""The one place where soft prompts enter a model's input."""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def splice_prompt(
+    prompt: torch.Tensor | None,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    position: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Insert prompt vectors into a batch of embedded inputs.
+
+    Args:
+        prompt: (B, P, D) soft prompt, or None (returns the inputs unchanged).
+        inputs_embeds: (B, T, D) embedded tokens (or image+text embeddings).
+        attention_mask: (B, T) 1 for real positions.
+        labels: (B, T) token ids or IGNORE_INDEX; None at inference.
+        position: index in T before which the prompt goes (0 = in front of everything).
+
+    Returns:
+        inputs_embeds (B, P+T, D), attention_mask (B, P+T) with ones on the prompt, and
+        labels (B, P+T) with IGNORE_INDEX on the prompt (or None).
+    """
+    if prompt is None:
+        return inputs_embeds, attention_mask, labels
+    b, p = prompt.shape[0], prompt.shape[1]
+    if prompt.shape[0] != inputs_embeds.shape[0] or prompt.shape[2] != inputs_embeds.shape[2]:
+        raise ValueError(
+            f"prompt shape {tuple(prompt.shape)} does not fit inputs {tuple(inputs_embeds.shape)}"
+        )
+    prompt = prompt.to(inputs_embeds.dtype)
+    embeds = torch.cat(
+        [inputs_embeds[:, :position], prompt, inputs_embeds[:, position:]], dim=1
+    )
+    ones = attention_mask.new_ones(b, p)
+    mask = torch.cat([attention_mask[:, :position], ones, attention_mask[:, position:]], dim=1)
+    if labels is not None:
+        ignore = labels.new_full((b, p), IGNORE_INDEX)
+        labels = torch.cat([labels[:, :position], ignore, labels[:, position:]], dim=1)
+    return embeds, mask, labels
