@@ -1,0 +1,40 @@
+"""The one error type every data reader raises for bad input files.
+
+Readers report problems in the user's data (a missing field, a malformed line, a
+file that is not there) as `DataError`, so the CLI can print the message as it is
+instead of a traceback. Messages name the file and, where it applies, the 1-based
+line number, the field and the fields that were present, e.g.::
+
+    data/train.jsonl:17: missing field 'target' (fields present: prompt, caption);
+    set data.target_field
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class DataError(ValueError):
+    """A data file or data source cannot be read as configured.
+
+    Subclasses `ValueError` so callers that already catch bad values keep working.
+    """
+
+
+def where(source: str, line: int | None = None) -> str:
+    """Format a location prefix: ``"path:line"`` or ``"path"``.
+
+    Args:
+        source: the file path or dataset spec as the user wrote it.
+        line: 1-based line (or record) number, if known.
+
+    Returns:
+        The prefix to put before ``": <problem>"`` in an error message.
+    """
+    return f"{source}:{line}" if line is not None else source
+
+
+def fields_present(fields: Iterable[object]) -> str:
+    """List the fields a record has, for "fields present: ..." hints."""
+    names = [str(f) for f in fields]
+    return ", ".join(names) if names else "none"
