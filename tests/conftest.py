@@ -65,6 +65,8 @@ def train_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     )
 
 
+# Weights are drawn wider than the usual 0.02 (initializer_range=0.3) so that a random
+# tiny model reacts to its input at all and a soft prompt can learn the toy task.
 def _build(kind: str, directory: Path) -> Path:
     torch.manual_seed(0)
     tokenizer = train_tokenizer(kind)
@@ -73,7 +75,7 @@ def _build(kind: str, directory: Path) -> Path:
     if kind == "gpt2":
         config = GPT2Config(
             vocab_size=vocab, n_positions=256, n_embd=32, n_layer=2, n_head=2,
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, initializer_range=0.3,
         )
         model = GPT2LMHeadModel(config)
     elif kind == "llama":
@@ -81,6 +83,7 @@ def _build(kind: str, directory: Path) -> Path:
             vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False,
+            initializer_range=0.3,
         )
         model = LlamaForCausalLM(config)
     elif kind == "t5":
