@@ -64,7 +64,10 @@ def main(overrides: list[str]) -> int:
     for name, rouge_l, rouge_1, loss in rows:
         print(f"| {name} | {rouge_l:.2f} | {rouge_1:.2f} | {loss:.3f} |")
     print(f"Total time: {minutes:.1f} min. Run directory: {config.training.output_dir}")
-    summary = {"zero_shot": zero_shot, "tuned": {k: v for k, v in results.items() if k.startswith("test_")}}
+    summary = {
+        "zero_shot": zero_shot,
+        "tuned": {k: v for k, v in results.items() if k.startswith("test_")},
+    }
     out = Path(config.training.output_dir) / "demo_results.json"
     out.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return 0

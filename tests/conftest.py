@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -74,22 +74,45 @@ def _build(kind: str, directory: Path) -> Path:
     pad, eos, bos = (tokenizer.convert_tokens_to_ids(t) for t in ("<pad>", "</s>", "<s>"))
     if kind == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_positions=256, n_embd=32, n_layer=2, n_head=2,
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, initializer_range=0.3,
+            vocab_size=vocab,
+            n_positions=256,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            initializer_range=0.3,
         )
         model = GPT2LMHeadModel(config)
     elif kind == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False,
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            tie_word_embeddings=False,
             initializer_range=0.3,
         )
         model = LlamaForCausalLM(config)
     elif kind == "t5":
         config = T5Config(
-            vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-            num_heads=4, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
+            vocab_size=vocab,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            decoder_start_token_id=pad,
             dropout_rate=0.0,
         )
         model = T5ForConditionalGeneration(config)
@@ -117,7 +140,9 @@ def toy_task(n: int, seed: int = 0) -> list[dict[str, str]]:
     rows = []
     for i in range(n):
         color = rng.choice(colors)
-        words = [rng.choice(["cat", "dog", "bird", "house", "tree"]) for _ in range(rng.randint(1, 4))]
+        words = [
+            rng.choice(["cat", "dog", "bird", "house", "tree"]) for _ in range(rng.randint(1, 4))
+        ]
         words.insert(rng.randint(0, len(words)), color)
         rows.append({"id": f"ex{i}", "input": " ".join(words), "target": color})
     return rows

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import write_jsonl
+
 from softprompt.cli import main
 
 
@@ -45,7 +45,20 @@ def test_train_eval_predict(run_config, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["global_step"] == 12
 
     out = tmp_path / "metrics.json"
-    assert main(["eval", str(run_config), "--prompt", str(run / "best"), "--output", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run_config),
+                "--prompt",
+                str(run / "best"),
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())
     assert {"loss", "rougeL", "bleu", "exact_match"} <= set(metrics["val"])
     capsys.readouterr()
@@ -56,15 +69,45 @@ def test_train_eval_predict(run_config, tmp_path, capsys):
     assert zero > metrics["val"]["loss"]
 
     # predict --text: the base model is read from the prompt's metadata.
-    assert main(["predict", "--prompt", str(run / "checkpoint-12"), "--text", "red cat", "--text", "blue", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--prompt",
+                str(run / "checkpoint-12"),
+                "--text",
+                "red cat",
+                "--text",
+                "blue",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [r["input"] for r in lines] == ["red cat", "blue"]
     assert all("prediction" in r for r in lines)
 
     # predict --input FILE --output FILE.jsonl keeps ids and order.
-    inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "input": "green dog"}, {"id": "b", "input": "red"}])
+    inputs = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": "a", "input": "green dog"}, {"id": "b", "input": "red"}]
+    )
     target = tmp_path / "preds.jsonl"
-    assert main(["predict", "--prompt", str(run / "best"), "--input", str(inputs), "--output", str(target), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--prompt",
+                str(run / "best"),
+                "--input",
+                str(inputs),
+                "--output",
+                str(target),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(x) for x in target.read_text().splitlines()]
     assert [r["id"] for r in records] == ["a", "b"]
 

@@ -27,8 +27,13 @@ def test_overrides_use_yaml_types(tmp_path):
     path.write_text("training:\n  batch_size: 4\n")
     cfg = load_config(
         path,
-        ["training.learning_rate=3e-2", "training.bf16=true", "training.max_steps=null",
-         "method.prompt_tuning.init_method=text", "method.prompt_tuning.init_text=hello"],
+        [
+            "training.learning_rate=3e-2",
+            "training.bf16=true",
+            "training.max_steps=null",
+            "method.prompt_tuning.init_method=text",
+            "method.prompt_tuning.init_text=hello",
+        ],
     )
     assert cfg.training.learning_rate == pytest.approx(0.03)
     assert cfg.training.bf16 is True and cfg.training.max_steps is None
@@ -65,7 +70,10 @@ data:
         ({"training": {"learnign_rate": 1}}, ["training.learnign_rate", "training.learning_rate"]),
         ({"trainig": {"epochs": 1}}, ["trainig", "training"]),
         ({"method": {"prompt_tuning": {"num_virtual_token": 3}}}, ["num_virtual_tokens"]),
-        ({"method": {"prompt_tuning": {"init_method": "zeros"}}}, ["init_method", "ZEROS", "VOCAB"]),
+        (
+            {"method": {"prompt_tuning": {"init_method": "zeros"}}},
+            ["init_method", "ZEROS", "VOCAB"],
+        ),
         ({"method": {"prompt_tuning": {"init_method": "TEXT"}}}, ["init_text"]),
         ({"training": {"batch_size": 0}}, ["training.batch_size", "0"]),
         ({"training": {"learning_rate": "fast"}}, ["training.learning_rate", "fast"]),
@@ -100,14 +108,31 @@ def test_bad_files(tmp_path):
 def test_reference_lists_every_contract_key():
     table = config_reference_markdown()
     for key in (
-        "model.name_or_path", "model.family", "method.prompt_tuning.enabled",
-        "method.prompt_tuning.num_virtual_tokens", "method.prompt_tuning.init_method",
-        "method.prompt_tuning.init_text", "data.train_path", "data.val_test_path",
-        "data.format", "data.input_field", "data.target_field", "task.type",
-        "training.output_dir", "training.epochs", "training.max_steps", "training.batch_size",
-        "training.gradient_accumulation_steps", "training.learning_rate",
-        "training.warmup_steps", "training.eval_steps", "training.save_steps",
-        "training.early_stopping_patience", "training.metric_for_best_model",
-        "training.bf16", "training.gradient_checkpointing", "training.seed",
+        "model.name_or_path",
+        "model.family",
+        "method.prompt_tuning.enabled",
+        "method.prompt_tuning.num_virtual_tokens",
+        "method.prompt_tuning.init_method",
+        "method.prompt_tuning.init_text",
+        "data.train_path",
+        "data.val_test_path",
+        "data.format",
+        "data.input_field",
+        "data.target_field",
+        "task.type",
+        "training.output_dir",
+        "training.epochs",
+        "training.max_steps",
+        "training.batch_size",
+        "training.gradient_accumulation_steps",
+        "training.learning_rate",
+        "training.warmup_steps",
+        "training.eval_steps",
+        "training.save_steps",
+        "training.early_stopping_patience",
+        "training.metric_for_best_model",
+        "training.bf16",
+        "training.gradient_checkpointing",
+        "training.seed",
     ):
         assert f"`{key}`" in table, key

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import toy_task
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from conftest import toy_task
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
 from softprompt.data.records import TextExample
@@ -24,8 +24,7 @@ P = 6
 
 def examples(n: int = 6) -> list[TextExample]:
     return [
-        TextExample(id=r["id"], input=r["input"], target=r["target"])
-        for r in toy_task(n, seed=3)
+        TextExample(id=r["id"], input=r["input"], target=r["target"]) for r in toy_task(n, seed=3)
     ]
 
 

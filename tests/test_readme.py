@@ -74,9 +74,40 @@ def test_readme_quick_start_on_the_real_model(tmp_path, capsys):
     ]
     config = str(ROOT / "configs" / "aclsum_smollm2.yaml")
     assert main(["train", config, *fast, "--no-progress"]) == 0
-    assert main(["train", config, *fast, "training.max_steps=3", "--resume", "auto", "--no-progress"]) == 0
+    assert (
+        main(["train", config, *fast, "training.max_steps=3", "--resume", "auto", "--no-progress"])
+        == 0
+    )
     capsys.readouterr()
-    assert main(["eval", config, *fast, "--prompt", str(out / "best"), "--split", "test", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                config,
+                *fast,
+                "--prompt",
+                str(out / "best"),
+                "--split",
+                "test",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert '"rougeL"' in capsys.readouterr().out
-    assert main(["predict", "--prompt", str(out / "best"), "--text", "We propose a parser.", "--max-new-tokens", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--prompt",
+                str(out / "best"),
+                "--text",
+                "We propose a parser.",
+                "--max-new-tokens",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert '"prediction"' in capsys.readouterr().out

@@ -55,7 +55,9 @@ def test_loss_falls_and_run_dir_is_complete(tiny_models, toy_data, tmp_path, kin
     saved = json.loads((out / "all_results.json").read_text())
     assert saved["best_metric"] == min(losses)
     assert saved["trainable_parameters"] == 8 * 32
-    events = [json.loads(line)["event"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line)["event"] for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
     assert events.count("eval") == len(losses) and "train" in events
     assert (out / "best" / "adapter_config.json").is_file()
 
@@ -79,12 +81,23 @@ def test_resume_gives_the_same_prompt_as_an_uninterrupted_run(tiny_models, toy_d
 
 def test_gradient_accumulation_matches_a_bigger_batch(tiny_models, toy_data, tmp_path):
     cfg_a = make_config(
-        tiny_models["llama"], toy_data, tmp_path / "a", batch_size=4,
-        gradient_accumulation_steps=2, epochs=1, group_by_length=False, max_grad_norm=None,
+        tiny_models["llama"],
+        toy_data,
+        tmp_path / "a",
+        batch_size=4,
+        gradient_accumulation_steps=2,
+        epochs=1,
+        group_by_length=False,
+        max_grad_norm=None,
     )
     cfg_b = make_config(
-        tiny_models["llama"], toy_data, tmp_path / "b", batch_size=8,
-        epochs=1, group_by_length=False, max_grad_norm=None,
+        tiny_models["llama"],
+        toy_data,
+        tmp_path / "b",
+        batch_size=8,
+        epochs=1,
+        group_by_length=False,
+        max_grad_norm=None,
     )
     train(cfg_a)
     train(cfg_b)
@@ -117,8 +130,13 @@ def test_early_stopping_and_best_metric(tiny_models, toy_data, tmp_path):
     # A tiny learning rate never improves eval_loss enough... use a metric that cannot
     # improve: patience 1 on a constant-ish metric stops after the second evaluation.
     cfg = make_config(
-        tiny_models["gpt2"], toy_data, tmp_path / "r", learning_rate=1e-9,
-        eval_steps=1, early_stopping_patience=1, metric_for_best_model="eval_num_samples",
+        tiny_models["gpt2"],
+        toy_data,
+        tmp_path / "r",
+        learning_rate=1e-9,
+        eval_steps=1,
+        early_stopping_patience=1,
+        metric_for_best_model="eval_num_samples",
     )
     results = train(cfg)
     assert results["global_step"] == 2
@@ -126,6 +144,8 @@ def test_early_stopping_and_best_metric(tiny_models, toy_data, tmp_path):
 
 
 def test_unknown_best_metric_fails_with_available_names(tiny_models, toy_data, tmp_path):
-    cfg = make_config(tiny_models["gpt2"], toy_data, tmp_path / "r", metric_for_best_model="eval_acc")
+    cfg = make_config(
+        tiny_models["gpt2"], toy_data, tmp_path / "r", metric_for_best_model="eval_acc"
+    )
     with pytest.raises(ConfigError, match="eval_loss"):
         train(cfg)

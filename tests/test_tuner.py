@@ -31,13 +31,23 @@ def test_init_methods(tiny_models):
     gen = torch.Generator().manual_seed(0)
 
     random = SoftPrompt(64, backbone.hidden_size)
-    random.initialize(PromptTuningConfig(num_virtual_tokens=64, init_method="RANDOM"), weight, backbone.tokenizer, gen)
+    random.initialize(
+        PromptTuningConfig(num_virtual_tokens=64, init_method="RANDOM"),
+        weight,
+        backbone.tokenizer,
+        gen,
+    )
     # Scaled to the embedding matrix, not raw N(0, 1).
     ratio = random.embedding.weight.std() / weight.std()
     assert 0.7 < float(ratio) < 1.3
 
     vocab = SoftPrompt(6, backbone.hidden_size)
-    vocab.initialize(PromptTuningConfig(num_virtual_tokens=6, init_method="VOCAB"), weight, backbone.tokenizer, gen)
+    vocab.initialize(
+        PromptTuningConfig(num_virtual_tokens=6, init_method="VOCAB"),
+        weight,
+        backbone.tokenizer,
+        gen,
+    )
     special = set(backbone.tokenizer.all_special_ids)
     for row in vocab.embedding.weight:
         matches = (weight == row).all(dim=1).nonzero().flatten().tolist()

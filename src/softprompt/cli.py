@@ -96,10 +96,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
     )
     if args.text is not None:
-        examples = [TextExample(id=str(i), input=predictor.apply_template(t)) for i, t in enumerate(args.text)]
+        examples = [
+            TextExample(id=str(i), input=predictor.apply_template(t))
+            for i, t in enumerate(args.text)
+        ]
     else:
         task = predictor.prompt.meta.get("task", {}) if predictor.prompt else {}
-        examples = read_inputs(args.input, args.input_field or task.get("input_field", "input"), predictor.template)
+        examples = read_inputs(
+            args.input, args.input_field or task.get("input_field", "input"), predictor.template
+        )
     records = list(predictor.predict(examples, args.batch_size, progress=not args.no_progress))
     if args.text is not None:
         for record, text in zip(records, args.text, strict=True):
@@ -132,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a prompt (or the bare model) on the config's data")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--prompt", help="prompt directory (RUN/best, RUN/checkpoint-N); none = zero-shot")
+    p.add_argument(
+        "--prompt", help="prompt directory (RUN/best, RUN/checkpoint-N); none = zero-shot"
+    )
     p.add_argument("--model", help="base model, overriding model.name_or_path")
     p.add_argument("--split", choices=["val", "test"], help="only this split")
     p.add_argument("--output", help="write the metrics JSON here")

@@ -71,7 +71,9 @@ def evaluate(
                 total_tokens += int(count)
             if generate:
                 batch = _to(backbone.collate(chunk, settings, with_targets=False), device)
-                for i, text in zip(indices, backbone.generate(batch, p, max_new_tokens)):
+                for i, text in zip(
+                    indices, backbone.generate(batch, p, max_new_tokens), strict=True
+                ):
                     predictions[i] = text
         bar.update(1)
     bar.close()

@@ -46,9 +46,7 @@ class Predictor:
         task = loaded.meta.get("task", {}) if loaded else {}
         name = model or (loaded.base_model if loaded else None)
         if name is None:
-            raise ValueError(
-                f"prompt {prompt_dir} does not record its base model; pass --model"
-            )
+            raise ValueError(f"prompt {prompt_dir} does not record its base model; pass --model")
         family = loaded.meta.get("family") if loaded else None
         backbone = load_backbone(name, family, dtype)
         if loaded is not None:

@@ -16,9 +16,7 @@ logger = logging.getLogger("softprompt")
 
 def backbone_from_config(config: RunConfig, name_or_path: str | None = None) -> Backbone:
     m = config.model
-    return load_backbone(
-        name_or_path or m.name_or_path, m.family, m.dtype, m.trust_remote_code
-    )
+    return load_backbone(name_or_path or m.name_or_path, m.family, m.dtype, m.trust_remote_code)
 
 
 def encode_settings(config: RunConfig) -> EncodeSettings:

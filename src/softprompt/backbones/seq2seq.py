@@ -90,7 +90,9 @@ class Seq2SeqBackbone:
             prompt, self._embed(batch["input_ids"]), batch["attention_mask"]
         )
         config = greedy_config(self.model, self.tokenizer, max_new_tokens)
-        return self.model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
+        return self.model.generate(
+            inputs_embeds=embeds, attention_mask=mask, generation_config=config
+        )
 
     def generate(
         self, batch: dict[str, torch.Tensor], prompt: torch.Tensor | None, max_new_tokens: int

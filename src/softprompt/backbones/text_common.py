@@ -13,9 +13,7 @@ from softprompt.backbones.base import freeze
 logger = logging.getLogger("softprompt")
 
 
-def pad_batch(
-    rows: list[list[int]], pad_value: int, side: str = "right"
-) -> torch.Tensor:
+def pad_batch(rows: list[list[int]], pad_value: int, side: str = "right") -> torch.Tensor:
     """Pad lists of ids to one (B, T) tensor on the given side."""
     width = max((len(r) for r in rows), default=0)
     out = torch.full((len(rows), width), pad_value, dtype=torch.long)

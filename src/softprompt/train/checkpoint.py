@@ -143,9 +143,7 @@ def find_latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(
-    path: Path, optimizer: torch.optim.Optimizer, scheduler
-) -> TrainState:
+def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> TrainState:
     """Restore optimizer, scheduler and RNG; return the loop state (prompt loads apart)."""
     payload = validate_checkpoint(path)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))

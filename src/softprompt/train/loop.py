@@ -128,9 +128,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     if not train_examples:
         raise ConfigError(f"data.train_path {config.data.train_path!r} has no examples")
     lengths = input_lengths(train_examples, backbone.tokenizer)
-    logger.info(
-        "Data: %d train / %d validation examples", len(train_examples), len(val_examples)
-    )
+    logger.info("Data: %d train / %d validation examples", len(train_examples), len(val_examples))
 
     prompt = SoftPrompt(pt.num_virtual_tokens, backbone.hidden_size)
     prompt.initialize(
@@ -223,7 +221,9 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
 
     ga = t.gradient_accumulation_steps
     device = accelerator.device
-    bar = tqdm(total=total_steps, initial=state.global_step, desc="train", disable=not (progress and main))
+    bar = tqdm(
+        total=total_steps, initial=state.global_step, desc="train", disable=not (progress and main)
+    )
     started = time.perf_counter()
     samples_done, window_loss, window_tokens = 0, 0.0, 0
     stop = False
@@ -281,9 +281,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                 ) or state.global_step == total_steps
                 if due_eval:
                     stop = run_eval(epoch_float)
-                due_save = (
-                    state.global_step % t.save_steps == 0 if t.save_steps else due_eval
-                )
+                due_save = state.global_step % t.save_steps == 0 if t.save_steps else due_eval
                 if due_save or stop:
                     checkpoint()
                     last_saved = state.global_step
@@ -323,9 +321,9 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         "total_parameters": total,
         "evaluations": state.evaluations,
     }
-    test_examples = load_split(config, "test") if config.data.test_path or _has_builtin_test(
-        config
-    ) else []
+    test_examples = (
+        load_split(config, "test") if config.data.test_path or _has_builtin_test(config) else []
+    )
     if test_examples and main:
         best = load_prompt(run_dir / "best").weight.to(device)
         metrics, _ = evaluate(

@@ -35,9 +35,7 @@ def splice_prompt(
             f"prompt shape {tuple(prompt.shape)} does not fit inputs {tuple(inputs_embeds.shape)}"
         )
     prompt = prompt.to(inputs_embeds.dtype)
-    embeds = torch.cat(
-        [inputs_embeds[:, :position], prompt, inputs_embeds[:, position:]], dim=1
-    )
+    embeds = torch.cat([inputs_embeds[:, :position], prompt, inputs_embeds[:, position:]], dim=1)
     ones = attention_mask.new_ones(b, p)
     mask = torch.cat([attention_mask[:, :position], ones, attention_mask[:, position:]], dim=1)
     if labels is not None:
