@@ -163,3 +163,18 @@ def test_tampered_prompt_fails_checksum(tiny_models, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum"):
         load_prompt(directory)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_sequence_logprobs_sum_to_the_batch_loss(tiny_models, kind):
+    ours = load_backbone(str(tiny_models[kind]))
+    ours.model.eval()
+    prompt = expand_prompt(torch.randn(P, ours.hidden_size), 6)
+    batch = ours.collate(examples(), EncodeSettings(), with_targets=True)
+    with torch.no_grad():
+        per_row = ours.sequence_logprobs(batch, prompt)
+        total, _ = ours.loss_sum(batch, prompt)
+        single = ours.sequence_logprobs({k: v[:1] for k, v in batch.items()}, prompt[:1])
+    assert per_row.shape == (6,)
+    torch.testing.assert_close(-per_row.sum(), total, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(single[0], per_row[0], rtol=1e-4, atol=1e-4)

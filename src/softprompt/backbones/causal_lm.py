@@ -16,7 +16,7 @@ from softprompt.backbones.text_common import (
     prepare_frozen,
 )
 from softprompt.data.records import TextExample
-from softprompt.tuners.splice import IGNORE_INDEX, splice_prompt
+from softprompt.tuners.splice import IGNORE_INDEX, assemble_inputs
 
 logger = logging.getLogger("softprompt")
 
@@ -88,16 +88,38 @@ class CausalLMBackbone:
         return self.model.get_input_embeddings()(input_ids)
 
     def loss_sum(
-        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor | None
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy summed over label tokens, and their count.
 
         Dividing the two gives exactly transformers' causal-LM loss (mean over shifted
         label tokens) for the same batch.
+
+        Args:
+            batch: right-padded `input_ids`, `attention_mask`, `labels` (B, T).
+            prompt: (B, P, D) soft prompt or None.
+            prefix: (B, N, D) embeddings placed before the text (image tokens) or None.
+            prompt_position: index in `[prefix][text]` where the prompt goes.
         """
-        embeds, mask, labels = splice_prompt(
-            prompt, self._embed(batch["input_ids"]), batch["attention_mask"], batch["labels"]
+        embeds, mask, labels = assemble_inputs(
+            prompt,
+            self._embed(batch["input_ids"]),
+            batch["attention_mask"],
+            batch["labels"],
+            prefix,
+            prompt_position,
         )
+        token_losses, selected = self._token_losses(embeds, mask, labels)
+        return token_losses.sum(), selected.sum()
+
+    def _token_losses(
+        self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-label-token cross-entropy (N,) and the (B, T-1) mask of where they sit."""
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
         if self._softcap is None and self._logit_scale is None:
@@ -108,16 +130,47 @@ class CausalLMBackbone:
         else:
             logits = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
             logits = logits[:, :-1][selected]
-        loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
-        return loss, selected.sum()
+        losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+        return losses, selected
+
+    def sequence_logprobs(
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
+    ) -> torch.Tensor:
+        """Log-probability of each row's label tokens, summed: shape (B,)."""
+        embeds, mask, labels = assemble_inputs(
+            prompt,
+            self._embed(batch["input_ids"]),
+            batch["attention_mask"],
+            batch["labels"],
+            prefix,
+            prompt_position,
+        )
+        losses, selected = self._token_losses(embeds, mask, labels)
+        rows = selected.nonzero()[:, 0]
+        out = torch.zeros(labels.shape[0], device=losses.device, dtype=losses.dtype)
+        return -out.index_add(0, rows, losses)
 
     @torch.no_grad()
     def generate_ids(
-        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor | None, max_new_tokens: int
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        max_new_tokens: int,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
     ) -> torch.Tensor:
         """Greedy continuation ids (B, new_tokens) of left-padded inputs."""
-        embeds, mask, _ = splice_prompt(
-            prompt, self._embed(batch["input_ids"]), batch["attention_mask"]
+        embeds, mask, _ = assemble_inputs(
+            prompt,
+            self._embed(batch["input_ids"]),
+            batch["attention_mask"],
+            None,
+            prefix,
+            prompt_position,
         )
         config = greedy_config(self.model, self.tokenizer, max_new_tokens)
         return self.model.generate(
@@ -125,7 +178,12 @@ class CausalLMBackbone:
         )
 
     def generate(
-        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor | None, max_new_tokens: int
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        max_new_tokens: int,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
     ) -> list[str]:
-        ids = self.generate_ids(batch, prompt, max_new_tokens)
+        ids = self.generate_ids(batch, prompt, max_new_tokens, prefix, prompt_position)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

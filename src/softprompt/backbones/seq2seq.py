@@ -14,7 +14,7 @@ from softprompt.backbones.text_common import (
     prepare_frozen,
 )
 from softprompt.data.records import TextExample
-from softprompt.tuners.splice import IGNORE_INDEX, splice_prompt
+from softprompt.tuners.splice import IGNORE_INDEX, assemble_inputs
 
 
 @BACKBONES.register("seq2seq")
@@ -69,25 +69,74 @@ class Seq2SeqBackbone:
         return self.model.get_input_embeddings()(input_ids)
 
     def loss_sum(
-        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor | None
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, mask, _ = splice_prompt(
-            prompt, self._embed(batch["input_ids"]), batch["attention_mask"]
+        """Cross-entropy summed over decoder label tokens, and their count.
+
+        The prompt (and any `prefix`, e.g. image query tokens) goes into the encoder.
+        """
+        embeds, mask, _ = assemble_inputs(
+            prompt,
+            self._embed(batch["input_ids"]),
+            batch["attention_mask"],
+            None,
+            prefix,
+            prompt_position,
         )
-        labels = batch["labels"]
+        losses, selected = self._token_losses(embeds, mask, batch["labels"])
+        return losses.sum(), selected.sum()
+
+    def _token_losses(
+        self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(
             inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False
         ).logits
         selected = labels != IGNORE_INDEX
-        loss = F.cross_entropy(logits[selected].float(), labels[selected], reduction="sum")
-        return loss, selected.sum()
+        losses = F.cross_entropy(logits[selected].float(), labels[selected], reduction="none")
+        return losses, selected
+
+    def sequence_logprobs(
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
+    ) -> torch.Tensor:
+        """Log-probability of each row's label tokens, summed: shape (B,)."""
+        embeds, mask, _ = assemble_inputs(
+            prompt,
+            self._embed(batch["input_ids"]),
+            batch["attention_mask"],
+            None,
+            prefix,
+            prompt_position,
+        )
+        losses, selected = self._token_losses(embeds, mask, batch["labels"])
+        rows = selected.nonzero()[:, 0]
+        out = torch.zeros(selected.shape[0], device=losses.device, dtype=losses.dtype)
+        return -out.index_add(0, rows, losses)
 
     @torch.no_grad()
     def generate_ids(
-        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor | None, max_new_tokens: int
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        max_new_tokens: int,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
     ) -> torch.Tensor:
-        embeds, mask, _ = splice_prompt(
-            prompt, self._embed(batch["input_ids"]), batch["attention_mask"]
+        embeds, mask, _ = assemble_inputs(
+            prompt,
+            self._embed(batch["input_ids"]),
+            batch["attention_mask"],
+            None,
+            prefix,
+            prompt_position,
         )
         config = greedy_config(self.model, self.tokenizer, max_new_tokens)
         return self.model.generate(
@@ -95,7 +144,12 @@ class Seq2SeqBackbone:
         )
 
     def generate(
-        self, batch: dict[str, torch.Tensor], prompt: torch.Tensor | None, max_new_tokens: int
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        max_new_tokens: int,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
     ) -> list[str]:
-        ids = self.generate_ids(batch, prompt, max_new_tokens)
+        ids = self.generate_ids(batch, prompt, max_new_tokens, prefix, prompt_position)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

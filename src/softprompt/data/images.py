@@ -48,7 +48,9 @@ class ImageError(DataError):
     """An image file is missing, unreadable, corrupt, not an image or too large."""
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(
+    path: str | os.PathLike[str], *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Read an image file fully and return it upright, in RGB.
 
     Conversions: grayscale (``1``, ``L``, 16-bit ``I;16`` PNGs, 32-bit ``I``, float ``F``),

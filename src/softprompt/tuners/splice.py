@@ -42,3 +42,32 @@ def splice_prompt(
         ignore = labels.new_full((b, p), IGNORE_INDEX)
         labels = torch.cat([labels[:, :position], ignore, labels[:, position:]], dim=1)
     return embeds, mask, labels
+
+
+def assemble_inputs(
+    prompt: torch.Tensor | None,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    prefix: torch.Tensor | None = None,
+    prompt_position: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Full model input: `[prefix][text]` with the prompt spliced in.
+
+    Args:
+        prefix: (B, N, D) non-text embeddings that go before the text (image query
+            tokens, projected vision features), or None.
+        prompt_position: where the prompt goes inside `[prefix][text]`: 0 puts it in
+            front of everything (before the image), N right after the prefix (before the
+            text).
+
+    Returns:
+        inputs_embeds, attention_mask and labels (prefix and prompt positions ignored).
+    """
+    if prefix is not None:
+        b, n = prefix.shape[0], prefix.shape[1]
+        inputs_embeds = torch.cat([prefix.to(inputs_embeds.dtype), inputs_embeds], dim=1)
+        attention_mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
+        if labels is not None:
+            labels = torch.cat([labels.new_full((b, n), IGNORE_INDEX), labels], dim=1)
+    return splice_prompt(prompt, inputs_embeds, attention_mask, labels, position=prompt_position)
