@@ -9,6 +9,7 @@ between image and text (`after_image`, position N).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -18,6 +19,38 @@ from softprompt.backbones.base import EncodeSettings
 from softprompt.data.records import VisionExample
 
 PLACEMENTS = ("before_image", "after_image")
+
+
+@dataclass
+class VisionSettings:
+    """Options of vision-language backbones (from `model.*` and `method.prompt_tuning.*`).
+
+    Attributes:
+        placement: soft prompt before the image tokens or after them (before the text).
+        qformer_prompt_tokens: InstructBLIP only: learnable tokens put in front of the
+            Q-Former's instruction (0 = none). Makes the Q-Former input trainable, so
+            only the vision encoder's output is cached.
+        vision_encoder: composed only: hub id / directory of a transformers vision model
+            (CLIPVisionModel, SiglipVisionModel, ViTModel, ...), `timm:<name>`, or
+            `embedded:effnet-lite0`.
+        language_model: composed only: causal LM id / directory / `embedded:smollm2-135m`.
+        projection: composed only: "linear" or "mlp" (2 layers, GELU).
+        train_projection: composed only: whether the projection trains with the prompt.
+        num_image_tokens: composed only: pool the encoder's token grid to this many
+            tokens (None keeps them all).
+        feature_cache: "off", "memory" or "disk".
+        cache_dir: directory of the disk cache.
+    """
+
+    placement: str = "before_image"
+    qformer_prompt_tokens: int = 0
+    vision_encoder: str | None = None
+    language_model: str | None = None
+    projection: str = "mlp"
+    train_projection: bool = True
+    num_image_tokens: int | None = None
+    feature_cache: str = "memory"
+    cache_dir: str | None = None
 
 
 @runtime_checkable
