@@ -33,13 +33,31 @@ class ModelConfig(_Section):
         description="Hugging Face hub id, a local directory written by save_pretrained, or an "
         "embedded model (`embedded:smollm2-135m`).",
     )
-    family: Literal["causal_lm", "seq2seq"] | None = Field(
+    family: Literal["causal_lm", "seq2seq", "composed", "blip2", "instructblip"] | None = Field(
         None, description="Backbone family; detected from the model's config when omitted."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype the frozen backbone is loaded in."
     )
     trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
+    vision_encoder: str | None = Field(
+        None,
+        description="Composed VLM: vision encoder (hub id or directory of a transformers "
+        "vision model such as CLIPVisionModel/SiglipVisionModel/ViT, `timm:<name>`, or "
+        "`embedded:effnet-lite0`). Setting it makes the family `composed`.",
+    )
+    language_model: str | None = Field(
+        None, description="Composed VLM: the causal LM (hub id, directory or embedded name)."
+    )
+    projection: Literal["linear", "mlp"] = Field(
+        "mlp", description="Composed VLM: vision-to-LM projection (mlp = 2 layers, GELU)."
+    )
+    train_projection: bool = Field(
+        True, description="Composed VLM: train the projection together with the prompt."
+    )
+    num_image_tokens: int | None = Field(
+        None, ge=1, description="Composed VLM: pool the image features to this many tokens."
+    )
 
 
 class MethodConfig(_Section):
@@ -73,6 +91,20 @@ class DataConfig(_Section):
     max_target_length: int = Field(128, ge=1, description="Target tokens kept (truncated).")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N.")
     max_eval_samples: int | None = Field(None, ge=1, description="Evaluate the first N only.")
+    image_field: str = Field("image_path", description="Image-text files: the image field.")
+    text_field: str = Field("text", description="Image-text files: the caption/answer field.")
+    question_field: str = Field("question", description="Image-text VQA files: question field.")
+    answer_field: str = Field("answer", description="Image-text VQA files: answer field.")
+    strict: bool = Field(
+        False,
+        description="Stop at the first unreadable image instead of reporting and skipping it.",
+    )
+    feature_cache: Literal["off", "memory", "disk"] = Field(
+        "memory", description="Cache frozen image features (computed once per image)."
+    )
+    cache_dir: str | None = Field(
+        None, description="Disk feature cache directory (default: <output_dir>/feature_cache)."
+    )
 
 
 class TaskConfig(_Section):
@@ -80,6 +112,23 @@ class TaskConfig(_Section):
         "text2text", description="What the run learns; decides metrics and prediction."
     )
     max_new_tokens: int = Field(64, ge=1, description="Generation length for eval/predict.")
+    instruction: str | None = Field(
+        None,
+        description="classify/caption: the instruction given with each image, e.g. 'Is this "
+        "image AI-generated?'.",
+    )
+    labels: dict[str, str] | None = Field(
+        None,
+        description="classify: class folder name -> the words the model should say, e.g. "
+        "{ai: 'yes', nature: 'no'}. Default: the class names themselves.",
+    )
+    answers: list[str] | None = Field(
+        None,
+        description="vqa: a closed answer list; answers are then scored instead of generated.",
+    )
+    positive_label: str | None = Field(
+        None, description="classify with two classes: the class ROC-AUC/AP are computed for."
+    )
 
 
 class TrainingConfig(_Section):
@@ -92,6 +141,12 @@ class TrainingConfig(_Section):
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
     learning_rate: float = Field(3e-2, gt=0, description="Peak learning rate.")
+    projection_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Learning rate of trainable modules besides the prompt (vision projection, "
+        "Q-Former prompt); default learning_rate / 10.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(

@@ -4,19 +4,51 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from softprompt.backbones.base import Backbone, EncodeSettings
 from softprompt.backbones.loading import load_backbone
+from softprompt.backbones.vision_base import VisionSettings
 from softprompt.config import ConfigError, RunConfig
-from softprompt.data.records import TextExample
+from softprompt.data.records import TextExample, VisionExample
 from softprompt.data.text import load_text_examples
+from softprompt.data.vision import load_vision_examples
 
 logger = logging.getLogger("softprompt")
 
 
+def is_vision(config: RunConfig) -> bool:
+    """Image tasks (classify, caption, vqa) as opposed to text-to-text."""
+    return config.task.type != "text2text"
+
+
+def vision_settings(config: RunConfig) -> VisionSettings:
+    m, pt, d = config.model, config.method.prompt_tuning, config.data
+    cache_dir = d.cache_dir
+    if d.feature_cache == "disk" and cache_dir is None:
+        cache_dir = str(Path(config.training.output_dir) / "feature_cache")
+    return VisionSettings(
+        placement=pt.placement,
+        qformer_prompt_tokens=pt.qformer_prompt_tokens,
+        vision_encoder=m.vision_encoder,
+        language_model=m.language_model,
+        projection=m.projection,
+        train_projection=m.train_projection,
+        num_image_tokens=m.num_image_tokens,
+        feature_cache=d.feature_cache,
+        cache_dir=cache_dir,
+    )
+
+
 def backbone_from_config(config: RunConfig, name_or_path: str | None = None) -> Backbone:
     m = config.model
-    return load_backbone(name_or_path or m.name_or_path, m.family, m.dtype, m.trust_remote_code)
+    return load_backbone(
+        name_or_path or m.name_or_path,
+        m.family,
+        m.dtype,
+        m.trust_remote_code,
+        vision=vision_settings(config),
+    )
 
 
 def encode_settings(config: RunConfig) -> EncodeSettings:
@@ -33,7 +65,14 @@ def _is_split_source(path: str) -> bool:
     return (Path(path) / "dataset_dict.json").is_file()
 
 
-def load_split(config: RunConfig, split: str) -> list[TextExample]:
+def load_split(config: RunConfig, split: str) -> list[TextExample] | list[VisionExample]:
+    """Examples of one split; see `load_split_with_info`."""
+    return load_split_with_info(config, split)[0]
+
+
+def load_split_with_info(
+    config: RunConfig, split: str
+) -> tuple[list[TextExample] | list[VisionExample], dict[str, Any]]:
     """Examples of one split ("train", "val" or "test") as the config describes them.
 
     `val` comes from `data.val_test_path`; when that is unset and the training source
@@ -53,12 +92,20 @@ def load_split(config: RunConfig, split: str) -> list[TextExample]:
     if path is None:
         if split == "train":
             raise ConfigError("data.train_path is required for training")
-        return []
+        return [], {}
     if split == "val" and path == d.val_test_path and _is_split_source(path):
         source_split = "val"
     else:
         source_split = split
-    return load_text_examples(
+    if is_vision(config):
+        fields: dict[str, Any] = {"image_field": d.image_field, "text_field": d.text_field}
+        if config.task.type == "vqa":
+            fields.update(prompt_field=d.question_field, text_field=d.answer_field)
+        examples, info = load_vision_examples(
+            path, task_type=config.task.type, split=source_split, strict=d.strict, **fields
+        )
+        return (examples[:limit] if limit else examples), info
+    examples = load_text_examples(
         path,
         format=d.format,
         input_field=d.input_field,
@@ -68,6 +115,7 @@ def load_split(config: RunConfig, split: str) -> list[TextExample]:
         split=source_split,
         max_samples=limit,
     )
+    return examples, {}
 
 
 def task_record(config: RunConfig) -> dict:

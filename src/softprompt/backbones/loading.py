@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import torch
@@ -9,6 +10,19 @@ from transformers import AutoConfig
 
 from softprompt.backbones.base import BACKBONES, Backbone
 from softprompt.backbones.embedded import resolve_embedded
+from softprompt.backbones.vision_base import VisionSettings
+
+VISION_FAMILIES = ("composed", "blip2", "instructblip")
+# Composed VLMs that ship inside packages: name -> (vision encoder, language model).
+EMBEDDED_VLMS = {"embedded:effnet-smollm2": ("embedded:effnet-lite0", "embedded:smollm2-135m")}
+FAMILY_MODULES = {
+    "causal_lm": "softprompt.backbones.causal_lm",
+    "seq2seq": "softprompt.backbones.seq2seq",
+    "composed": "softprompt.backbones.composed",
+    "blip2": "softprompt.backbones.blip2",
+    "instructblip": "softprompt.backbones.blip2",
+}
+MODEL_TYPE_FAMILIES = {"blip-2": "blip2", "instructblip": "instructblip"}
 
 logger = logging.getLogger("softprompt")
 
@@ -28,13 +42,15 @@ def detect_family(name_or_path: str, trust_remote_code: bool = False) -> str:
             f"model.name_or_path {name_or_path!r}: not a loadable checkpoint "
             f"(a hub id, a directory written by save_pretrained, or an embedded:* name): {err}"
         ) from None
+    if cfg.model_type in MODEL_TYPE_FAMILIES:
+        return MODEL_TYPE_FAMILIES[cfg.model_type]
     if getattr(cfg, "is_encoder_decoder", False):
         return "seq2seq"
-    archs = " ".join(getattr(cfg, "architectures", None) or [])
-    if "ForConditionalGeneration" in archs and hasattr(cfg, "text_config"):
+    if hasattr(cfg, "text_config") and hasattr(cfg, "vision_config"):
         raise ModelLoadError(
             f"model.name_or_path {name_or_path!r} is a {cfg.model_type} vision-language model; "
-            "this build supports the text families causal_lm and seq2seq"
+            "supported: BLIP-2, InstructBLIP, and composed models (model.vision_encoder + "
+            "model.language_model)"
         )
     return "causal_lm"
 
@@ -44,6 +60,7 @@ def load_backbone(
     family: str | None = None,
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    vision: VisionSettings | None = None,
 ) -> Backbone:
     """Load a frozen backbone.
 
@@ -51,13 +68,24 @@ def load_backbone(
         name_or_path: hub id, local save_pretrained directory, or `embedded:<name>`.
         family: registry name; detected from the config when None.
         dtype: "float32", "bfloat16" or "float16".
+        vision: options of vision-language families (placement, encoder, projection, cache).
     """
-    # Importing the family modules registers them.
-    from softprompt.backbones import causal_lm, seq2seq  # noqa: F401
-
-    path = resolve_embedded(name_or_path)
-    family = family or detect_family(path, trust_remote_code)
+    vision = vision or VisionSettings()
+    if name_or_path in EMBEDDED_VLMS:
+        encoder, lm = EMBEDDED_VLMS[name_or_path]
+        vision.vision_encoder = vision.vision_encoder or encoder
+        vision.language_model = vision.language_model or lm
+        family, path = "composed", None
+    elif vision.vision_encoder is not None and family in (None, "composed"):
+        vision.language_model = vision.language_model or name_or_path
+        family, path = "composed", None
+    else:
+        path = resolve_embedded(name_or_path)
+        family = family or detect_family(path, trust_remote_code)
+    # Importing a family's module registers it; only the one needed is imported.
+    importlib.import_module(FAMILY_MODULES[family])
     cls = BACKBONES.get(family)
-    return cls.from_pretrained(
-        path, display_name=name_or_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-    )
+    kwargs = {"display_name": name_or_path, "dtype": DTYPES[dtype]}
+    if family in VISION_FAMILIES:
+        kwargs["settings"] = vision
+    return cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)

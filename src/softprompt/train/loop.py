@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,21 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from softprompt.backbones.base import Backbone, input_lengths
+from softprompt.backbones.vision_base import move_batch
 from softprompt.config import ConfigError, RunConfig, save_config
 from softprompt.data.batching import epoch_batches
 from softprompt.evaluate import evaluate
-from softprompt.runtime import backbone_from_config, encode_settings, load_split, task_record
+from softprompt.evaluate_vision import evaluate_vision
+from softprompt.runtime import (
+    backbone_from_config,
+    encode_settings,
+    is_vision,
+    load_split,
+    load_split_with_info,
+    task_record,
+    vision_settings,
+)
+from softprompt.tasks import VisionTask
 from softprompt.train.checkpoint import (
     TrainState,
     find_latest_checkpoint,
@@ -64,10 +76,30 @@ class _MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
 
+def prompt_task_record(config: RunConfig, backbone, task: VisionTask | None) -> dict[str, Any]:
+    """The task and (for images) the model layout a prompt directory records."""
+    record = task_record(config)
+    if task is not None:
+        record["vision_task"] = task.to_record()
+        vision = asdict(vision_settings(config))
+        vision.pop("cache_dir", None)
+        record["vision"] = vision
+        describe = getattr(backbone, "describe", None)
+        if describe is not None:
+            record["backbone"] = describe()
+    return record
+
+
 def _write_prompt_dir(
-    directory: Path, weight: torch.Tensor, backbone: Backbone, config: RunConfig, fp: dict
+    directory: Path,
+    weight: torch.Tensor,
+    backbone: Backbone,
+    config: RunConfig,
+    fp: dict,
+    task_info: dict[str, Any],
 ) -> None:
     pt = config.method.prompt_tuning
+    state_for_save = getattr(backbone, "state_for_save", None)
     save_prompt(
         directory,
         weight,
@@ -76,7 +108,9 @@ def _write_prompt_dir(
         fingerprint_info=fp,
         init_method=pt.init_method,
         init_text=pt.init_text,
-        task=task_record(config),
+        placement=pt.placement if task_info.get("vision") else "prepend",
+        task=task_info,
+        extra=state_for_save() if state_for_save is not None else None,
     )
 
 
@@ -123,12 +157,25 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     settings = encode_settings(config)
-    train_examples = load_split(config, "train")
+    raw_train, train_info = load_split_with_info(config, "train")
     val_examples = load_split(config, "val")
-    if not train_examples:
+    if not raw_train:
         raise ConfigError(f"data.train_path {config.data.train_path!r} has no examples")
-    lengths = input_lengths(train_examples, backbone.tokenizer)
-    logger.info("Data: %d train / %d validation examples", len(train_examples), len(val_examples))
+    task = VisionTask.from_config(config, train_info.get("classes")) if is_vision(config) else None
+    if task is not None:
+        train_examples = task.prepare(raw_train)
+        lengths = [len(e.text) + len(e.target or "") for e in train_examples]
+    else:
+        train_examples = raw_train
+        lengths = input_lengths(train_examples, backbone.tokenizer)
+    skipped = train_info.get("skipped")
+    logger.info(
+        "Data: %d train / %d validation examples%s",
+        len(train_examples),
+        len(val_examples),
+        f" ({skipped.count} unreadable inputs skipped)" if skipped and skipped.count else "",
+    )
+    task_info = prompt_task_record(config, backbone, task)
 
     prompt = SoftPrompt(pt.num_virtual_tokens, backbone.hidden_size)
     prompt.initialize(
@@ -141,9 +188,17 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     trainable, total = count_parameters(backbone.model, prompt)
     fp = fingerprint(backbone.word_embeddings(), backbone.tokenizer)
 
-    optimizer = torch.optim.AdamW(
-        prompt.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay
-    )
+    extras = getattr(backbone, "trainable_modules", dict)()
+    groups = [{"params": list(prompt.parameters()), "lr": t.learning_rate}]
+    for module in extras.values():
+        groups.append(
+            {
+                "params": [p for p in module.parameters() if p.requires_grad],
+                "lr": t.projection_learning_rate or t.learning_rate / 10,
+            }
+        )
+    optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
+    trainable_params = [p for g in groups for p in g["params"]]
     batches_per_epoch = math.ceil(len(train_examples) / t.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / t.gradient_accumulation_steps)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -163,6 +218,8 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
             loaded = load_prompt(path)
             with torch.no_grad():
                 raw_prompt.embedding.weight.copy_(loaded.weight)
+            if loaded.extra:
+                backbone.load_saved_state(loaded.extra)
             state = load_checkpoint(path, optimizer, scheduler)
             logger.info("Resumed from %s at step %d", path, state.global_step)
 
@@ -171,10 +228,35 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     if greater is None:
         greater = not lower_is_better(metric_name)
     log = _MetricsLog(run_dir / "metrics.jsonl", main)
-    generate_in_eval = t.eval_generate and config.task.type == "text2text"
 
     def write_prompt(directory: Path) -> None:
-        _write_prompt_dir(directory, raw_prompt.embedding.weight, backbone, config, fp)
+        _write_prompt_dir(directory, raw_prompt.embedding.weight, backbone, config, fp, task_info)
+
+    def evaluate_split(examples, weight: torch.Tensor, predict: bool) -> dict[str, Any]:
+        batch_size = t.eval_batch_size or t.batch_size
+        if task is not None:
+            return evaluate_vision(
+                backbone,
+                weight,
+                examples,
+                task,
+                settings,
+                batch_size=batch_size,
+                predict=predict or task.options() is not None,
+                progress=progress and main,
+                autocast=accelerator.autocast,
+            )[0]
+        return evaluate(
+            backbone,
+            weight,
+            examples,
+            settings,
+            batch_size=batch_size,
+            max_new_tokens=config.task.max_new_tokens,
+            generate=predict,
+            progress=progress and main,
+            autocast=accelerator.autocast,
+        )[0]
 
     def checkpoint() -> None:
         if main:
@@ -186,17 +268,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         """Evaluate, update best/; returns True when early stopping triggers."""
         if not val_examples:
             return False
-        metrics, _ = evaluate(
-            backbone,
-            raw_prompt.embedding.weight,
-            val_examples,
-            settings,
-            batch_size=t.eval_batch_size or t.batch_size,
-            max_new_tokens=config.task.max_new_tokens,
-            generate=generate_in_eval,
-            progress=progress and main,
-            autocast=accelerator.autocast,
-        )
+        metrics = evaluate_split(val_examples, raw_prompt.embedding.weight, t.eval_generate)
         record = {"event": "eval", "step": state.global_step, "epoch": round(epoch_float, 4)}
         record.update({f"eval_{k}": v for k, v in metrics.items()})
         log.write(record)
@@ -236,12 +308,12 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
             while state.batch_in_epoch < len(batches) and state.global_step < total_steps:
                 group = batches[state.batch_in_epoch : state.batch_in_epoch + ga]
                 micro = [
-                    {
-                        k: v.to(device)
-                        for k, v in backbone.collate(
+                    move_batch(
+                        backbone.collate(
                             [train_examples[i] for i in idx], settings, with_targets=True
-                        ).items()
-                    }
+                        ),
+                        device,
+                    )
                     for idx in group
                 ]
                 step_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
@@ -251,7 +323,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                     accelerator.backward(loss_sum / max(step_tokens, 1))
                     window_loss += float(loss_sum.detach())
                 if t.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(prompt.parameters(), t.max_grad_norm)
+                    accelerator.clip_grad_norm_(trainable_params, t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -320,25 +392,23 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         "trainable_parameters": trainable,
         "total_parameters": total,
         "evaluations": state.evaluations,
+        "skipped_inputs": skipped.count if skipped else 0,
     }
+    if main and skipped and skipped.count:
+        (run_dir / "skipped_inputs.json").write_text(
+            json.dumps(skipped.skipped, indent=2), encoding="utf-8"
+        )
     test_examples = (
         load_split(config, "test") if config.data.test_path or _has_builtin_test(config) else []
     )
     if test_examples and main:
-        best = load_prompt(run_dir / "best").weight.to(device)
-        metrics, _ = evaluate(
-            backbone,
-            best,
-            test_examples,
-            settings,
-            batch_size=t.eval_batch_size or t.batch_size,
-            max_new_tokens=config.task.max_new_tokens,
-            generate=config.task.type == "text2text",
-            progress=progress,
-            autocast=accelerator.autocast,
-        )
-        results.update({f"test_{k}": v for k, v in metrics.items()})
-        log.write({"event": "test", "step": state.global_step, **results})
+        best_dir = load_prompt(run_dir / "best")
+        if best_dir.extra:
+            backbone.load_saved_state(best_dir.extra)
+        metrics = evaluate_split(test_examples, best_dir.weight.to(device), predict=True)
+        test_metrics = {f"test_{k}": v for k, v in metrics.items()}
+        results.update(test_metrics)
+        log.write({"event": "test", "step": state.global_step, **test_metrics})
     if main:
         (run_dir / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
@@ -352,5 +422,5 @@ def _fmt(record: dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
         for k, v in record.items()
-        if k != "event"
+        if k != "event" and isinstance(v, int | float | str)
     )

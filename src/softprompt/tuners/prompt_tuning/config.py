@@ -18,6 +18,18 @@ class PromptTuningConfig(BaseModel):
         "rows sampled from the vocabulary; TEXT: embeddings of `init_text`, repeated or cut.",
     )
     init_text: str | None = Field(None, description="Text for init_method TEXT.")
+    placement: Literal["before_image", "after_image"] = Field(
+        "before_image",
+        description="Vision-language models: the prompt goes before the image tokens or after "
+        "them (just before the text).",
+    )
+    qformer_prompt_tokens: int = Field(
+        0,
+        ge=0,
+        le=512,
+        description="InstructBLIP: learnable tokens also put in front of the Q-Former's "
+        "instruction (0 = none).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,541 @@
+"""A vision-language model put together from parts: frozen image encoder -> projection -> LM.
+
+`[soft prompt][image tokens][text]` (or `[image tokens][soft prompt][text]`) goes into a
+frozen causal LM. The image tokens are the encoder's token grid (optionally pooled to
+`num_image_tokens`), mapped to the LM's width by a small projection that may train with the
+prompt. The encoder is frozen and always in eval mode, so its output for an image never
+changes: it is computed once and served from a `FeatureCache` afterwards.
+
+Vision encoders: a transformers vision model (CLIP, SigLIP, ViT, ...), `timm:<name>` or
+`timm:<name>@/path/weights.safetensors`, and `embedded:effnet-lite0` (weights in a package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from softprompt.backbones.base import BACKBONES, EncodeSettings
+from softprompt.backbones.causal_lm import CausalLMBackbone
+from softprompt.backbones.embedded import (
+    EFFNET_LITE0_PREPROCESS,
+    EMBEDDED_PREFIX,
+    cache_dir,
+    load_efficientnet_lite0,
+    preprocess_efficientnet_lite0,
+    resolve_embedded,
+)
+from softprompt.backbones.feature_cache import FeatureCache, namespace_key
+from softprompt.backbones.vision_base import (
+    VisionSettings,
+    prompt_position,
+    text_examples,
+)
+from softprompt.data.images import load_image
+from softprompt.data.records import VisionExample
+
+logger = logging.getLogger("softprompt")
+
+# Composed models made only of packaged weights: name -> (vision encoder, language model).
+PRESETS = {"embedded:effnet-smollm2": ("embedded:effnet-lite0", "embedded:smollm2-135m")}
+PROJECTIONS = ("linear", "mlp")
+FEATURE_CACHE_MODES = ("off", "memory", "disk")
+ENCODE_BATCH_SIZE = 32  # images per encoder forward on cache misses
+# The memory cache holds at most this many bytes of features (a ViT-L/14-336 image is 2.4 MB
+# in float32, so a count limit alone could fill the RAM); evicted entries come back from disk.
+MEMORY_CACHE_BYTES = 4 * 2**30
+PROBE_IMAGES = 4
+
+
+@dataclass
+class VisionEncoder:
+    """A frozen image encoder with its input pipeline.
+
+    Attributes:
+        module: the encoder (frozen, eval mode).
+        preprocess: list of RGB PIL images -> (B, 3, H, W) float pixels.
+        forward: pixels -> (B, T, C) tokens or a (B, C, H, W) feature map.
+        preprocessing: JSON-able description of `preprocess` (part of the cache key).
+    """
+
+    module: nn.Module
+    preprocess: Callable[[list[Image.Image]], torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    preprocessing: dict[str, Any]
+
+
+def load_vision_encoder(
+    spec: str, dtype: torch.dtype, trust_remote_code: bool = False
+) -> VisionEncoder:
+    """Load `embedded:effnet-lite0`, `timm:<name>[@weights]` or a transformers vision model."""
+    if spec.startswith(EMBEDDED_PREFIX):
+        if spec != "embedded:effnet-lite0":
+            raise ValueError(
+                f"unknown embedded vision encoder {spec!r}; known: embedded:effnet-lite0"
+            )
+        model = load_efficientnet_lite0().to(dtype)
+        return VisionEncoder(
+            model,
+            lambda images: torch.cat([preprocess_efficientnet_lite0(im) for im in images]),
+            model.forward_features,
+            dict(EFFNET_LITE0_PREPROCESS),
+        )
+    if spec.startswith("timm:"):
+        return _load_timm(spec, dtype)
+    return _load_transformers(spec, dtype, trust_remote_code)
+
+
+def _load_timm(spec: str, dtype: torch.dtype) -> VisionEncoder:
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    from timm.models import load_state_dict
+
+    name, _, weights = spec[len("timm:") :].partition("@")
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise ValueError(f"vision encoder {spec!r}: {err}") from None
+    if weights:
+        state = load_state_dict(weights)
+        # num_classes=0 removes the classifier, so a full ImageNet checkpoint's head is dropped.
+        heads = model.pretrained_cfg.get("classifier") or ()
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(h + "." for h in heads))}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not fit timm:{name}: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+    else:
+        # pretrained=True would download; nothing can be fetched here, so say it loudly.
+        logger.warning("%s has no @weights file: the encoder has RANDOM weights", spec)
+    config = resolve_data_config({}, model=model)
+    transform = create_transform(**config)
+    model = model.to(dtype).eval()
+    return VisionEncoder(
+        model,
+        lambda images: torch.stack([transform(im) for im in images]),
+        model.forward_features,
+        {"timm": config},
+    )
+
+
+def _load_transformers(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> VisionEncoder:
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        CLIPVisionModel,
+        SiglipVisionModel,
+    )
+
+    try:
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"vision encoder {spec!r}: not a transformers vision model directory / hub id, "
+            f"timm:<name>[@weights] or embedded:effnet-lite0 ({err})"
+        ) from None
+    # A full CLIP / SigLIP checkpoint also holds a text tower; load only the vision half.
+    classes = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel}
+    classes.update(siglip=SiglipVisionModel, siglip_vision_model=SiglipVisionModel)
+    cls = classes.get(config.model_type, AutoModel)
+    model = cls.from_pretrained(spec, dtype=dtype, trust_remote_code=trust_remote_code).eval()
+    processor = AutoImageProcessor.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    return VisionEncoder(
+        model,
+        lambda images: processor(images=images, return_tensors="pt")["pixel_values"],
+        lambda pixels: model(pixel_values=pixels).last_hidden_state,
+        json.loads(json.dumps(processor.to_dict(), sort_keys=True, default=str)),
+    )
+
+
+def as_tokens(features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None, bool]:
+    """Bring encoder output to tokens and find its spatial grid.
+
+    Args:
+        features: (B, C, H, W) feature map or (B, T, C) tokens.
+
+    Returns:
+        (B, T, C) tokens, the (h, w) grid of the patch tokens (None if T is no square), and
+        whether the first token is a class token (T = 1 + g*g, as in CLIP / ViT).
+    """
+    if features.ndim == 4:
+        h, w = features.shape[-2:]
+        return features.flatten(2).transpose(1, 2), (h, w), False
+    if features.ndim != 3:
+        raise ValueError(
+            f"vision encoder output of shape {tuple(features.shape)}: expected 3-D or 4-D"
+        )
+    t = features.shape[1]
+    for skip in (0, 1):
+        g = math.isqrt(t - skip)
+        if g > 0 and g * g == t - skip:
+            return features, (g, g), skip == 1
+    return features, None, False
+
+
+def pool_tokens(
+    tokens: torch.Tensor, grid: tuple[int, int] | None, cls_token: bool, n: int
+) -> torch.Tensor:
+    """Adaptive-average-pool (B, T, C) tokens to (B, n, C).
+
+    A square `n` pools the patch grid to sqrt(n) x sqrt(n) (the class token is dropped: the
+    pooled grid covers the whole image, as in LLaVA's patch-only features); otherwise the
+    token sequence is pooled in 1-D.
+    """
+    if cls_token:
+        tokens = tokens[:, 1:]
+    if n > tokens.shape[1]:
+        raise ValueError(f"num_image_tokens={n} exceeds the encoder's {tokens.shape[1]} tokens")
+    side = math.isqrt(n)
+    if grid is not None and side * side == n:
+        b, _, c = tokens.shape
+        image = tokens.transpose(1, 2).reshape(b, c, *grid)
+        return F.adaptive_avg_pool2d(image, side).flatten(2).transpose(1, 2)
+    return F.adaptive_avg_pool1d(tokens.transpose(1, 2), n).transpose(1, 2)
+
+
+def build_projection(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """`Linear(C, D)`, or `Linear(C, D) -> GELU -> Linear(D, D)` for "mlp"."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    raise ValueError(f"projection {kind!r}: expected one of {', '.join(PROJECTIONS)}")
+
+
+@torch.no_grad()
+def calibrate_projection(projection: nn.Module, features: torch.Tensor, target_rms: float) -> None:
+    """Rescale a freshly initialised projection so its output looks like token embeddings.
+
+    Encoder features come in any scale (CLIP's last hidden state has channels in the
+    hundreds, BatchNorm'd CNN maps are ~1) while LM embeddings are ~0.02-0.1 per coordinate;
+    an image prefix 1000x louder than the text would swamp attention from step one. So,
+    layer by layer on probe features (LSUV-style), each Linear's bias is shifted to centre
+    its output (removing the offset shared by all images, which carries no information)
+    and weight and bias are scaled to a per-coordinate RMS of 1 before the GELU (its curved
+    region) and `target_rms` (the LM's token-embedding RMS) at the output.
+
+    Args:
+        projection: `build_projection` output, in float32.
+        features: (K, N, C) encoder features of probe images.
+        target_rms: root-mean-square of the LM's embedding entries.
+    """
+    h = features.reshape(-1, features.shape[-1]).float()
+    layers = [projection] if isinstance(projection, nn.Linear) else list(projection)
+    last = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Linear):
+            out = layer(h)
+            mean = out.mean(0)
+            rms = (out - mean).pow(2).mean().sqrt().item()
+            scale = (target_rms if i == last else 1.0) / rms if rms > 1e-12 else 1.0
+            layer.weight.mul_(scale)
+            layer.bias.copy_((layer.bias - mean) * scale)
+        h = layer(h)
+
+
+def embedding_rms(embeddings: torch.Tensor, max_rows: int = 8192) -> float:
+    """RMS of a (V, D) embedding matrix over (at most `max_rows` evenly spaced) rows."""
+    step = max(1, embeddings.shape[0] // max_rows)
+    return embeddings.detach()[::step].float().pow(2).mean().sqrt().item()
+
+
+def weights_fingerprint(module: nn.Module, samples: int = 64) -> str:
+    """Cheap identity of a module's weights: names, shapes and a strided sample of values.
+
+    Part of the cache namespace, so re-trained weights saved under the same path never
+    read stale disk features. Hashing every byte of a ViT-L would cost seconds.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // samples)].float().cpu()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def probe_images(count: int = PROBE_IMAGES, size: int = 256) -> list[Image.Image]:
+    """Deterministic smooth random-colour images (their own RNG; the global one is untouched)."""
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.rand(count, 3, 4, 4, generator=gen)
+    fine = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    fine = (fine + 0.05 * torch.randn(fine.shape, generator=gen)).clamp(0, 1)
+    pixels = (fine * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
+class ComposedModel(nn.Module):
+    """Container of the three parts, so `.to(device)` moves all of them.
+
+    `train()` leaves the vision encoder in eval mode: BatchNorm running statistics and
+    dropout there would make the cached features wrong.
+    """
+
+    def __init__(self, vision_encoder: nn.Module, projection: nn.Module, language_model: nn.Module):
+        super().__init__()
+        self.vision_encoder = vision_encoder
+        self.projection = projection
+        self.language_model = language_model
+
+    def train(self, mode: bool = True) -> ComposedModel:
+        super().train(mode)
+        self.vision_encoder.eval()
+        return self
+
+
+@BACKBONES.register("composed")
+class ComposedVLMBackbone:
+    """Frozen vision encoder + projection + frozen causal LM (see the module docstring).
+
+    Attributes:
+        encoder: the `VisionEncoder`.
+        lm: the `CausalLMBackbone` that reads `[prefix][text]`.
+        projection: (B, N, C) features -> (B, N, D) prefix.
+        cache: `FeatureCache` of pooled encoder outputs (hits / misses for benchmarks).
+        num_image_tokens: N, the prefix length.
+        feature_dim: C, the encoder's width.
+    """
+
+    family = "composed"
+
+    def __init__(
+        self,
+        encoder: VisionEncoder,
+        lm: CausalLMBackbone,
+        settings: VisionSettings,
+        name_or_path: str,
+        vision_encoder_id: str,
+    ) -> None:
+        prompt_position(settings.placement, 0)  # validates the placement
+        if settings.feature_cache not in FEATURE_CACHE_MODES:
+            raise ValueError(
+                f"feature_cache {settings.feature_cache!r}: expected one of "
+                f"{', '.join(FEATURE_CACHE_MODES)}"
+            )
+        self.encoder = encoder
+        self.lm = lm
+        self.settings = settings
+        self.name_or_path = name_or_path
+        self.vision_encoder_id = vision_encoder_id
+        self.placement = settings.placement
+        self.tokenizer = lm.tokenizer
+        encoder.module.requires_grad_(False)
+        encoder.module.eval()
+        self._pool_to = settings.num_image_tokens
+
+        # One forward on synthetic images: checks the pipeline end to end, gives the token
+        # count and width, and calibrates the projection's scale.
+        probe = self._encode_images(probe_images())
+        self.num_image_tokens, self.feature_dim = probe.shape[1], probe.shape[2]
+        self.projection = build_projection(settings.projection, self.feature_dim, lm.hidden_size)
+        calibrate_projection(self.projection, probe, embedding_rms(lm.word_embeddings()))
+        self.projection.requires_grad_(settings.train_projection)
+
+        namespace = namespace_key(
+            encoder=vision_encoder_id,
+            weights=weights_fingerprint(encoder.module),
+            preprocessing=encoder.preprocessing,
+            num_image_tokens=settings.num_image_tokens,
+            dtype=str(probe.dtype),
+        )
+        disk = None
+        if settings.feature_cache == "disk":
+            disk = settings.cache_dir or cache_dir() / "features"
+        item_bytes = probe[0].numel() * probe.element_size()
+        self.cache = FeatureCache(
+            namespace,
+            disk_dir=disk,
+            max_items=max(1, MEMORY_CACHE_BYTES // item_bytes),
+            enabled=settings.feature_cache != "off",
+        )
+        self.model = ComposedModel(encoder.module, self.projection, lm.model)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | None,
+        display_name: str,
+        dtype: torch.dtype,
+        settings: VisionSettings,
+        trust_remote_code: bool = False,
+    ) -> ComposedVLMBackbone:
+        """Load the encoder named by `settings.vision_encoder` and the LM `settings.language_model`.
+
+        Args:
+            path: the language model when `settings.language_model` is unset.
+            display_name: what the user configured; a `PRESETS` name fills in both parts.
+            dtype: of the encoder and the LM (the projection stays float32: it trains).
+            settings: the vision options.
+        """
+        vision, lm_id = settings.vision_encoder, settings.language_model or path
+        if display_name in PRESETS:
+            for given, wanted, field in zip(
+                (vision, lm_id),
+                PRESETS[display_name],
+                ("vision_encoder", "language_model"),
+                strict=True,
+            ):
+                if given is not None and given != wanted:
+                    raise ValueError(
+                        f"{display_name} uses {field} {wanted!r}, the config says {given!r}"
+                    )
+            vision, lm_id = PRESETS[display_name]
+        if not vision or not lm_id:
+            raise ValueError(
+                "a composed model needs model.vision_encoder and model.language_model "
+                f"(got {vision!r} and {lm_id!r})"
+            )
+        encoder = load_vision_encoder(vision, dtype, trust_remote_code)
+        lm = CausalLMBackbone.from_pretrained(
+            resolve_embedded(lm_id),
+            display_name=lm_id,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
+        return cls(encoder, lm, settings, display_name, vision)
+
+    # ------------------------------------------------------------------ features
+
+    @torch.no_grad()
+    def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """(B, N, C) pooled encoder tokens of RGB images, on the encoder's device."""
+        module = self.encoder.module
+        module.eval()  # whatever a caller did to it: cached features need eval-mode outputs
+        param = next(module.parameters())
+        pixels = self.encoder.preprocess(images).to(param.device, param.dtype)
+        tokens, grid, cls_token = as_tokens(self.encoder.forward(pixels))
+        if self._pool_to is None:
+            return tokens
+        return pool_tokens(tokens.float(), grid, cls_token, self._pool_to).to(tokens.dtype)
+
+    def _compute(self, paths: list[str]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(paths), ENCODE_BATCH_SIZE):
+            images = [load_image(p) for p in paths[start : start + ENCODE_BATCH_SIZE]]
+            out.append(self._encode_images(images).cpu())
+        return torch.cat(out)
+
+    def image_features(self, image_paths: list[str]) -> torch.Tensor:
+        """(B, N, C) frozen features on the CPU; the encoder runs only on cache misses."""
+        return self.cache.features(
+            image_paths, lambda rows: self._compute([image_paths[i] for i in rows])
+        )
+
+    def image_prefix(self, image_paths: list[str]) -> torch.Tensor:
+        """(B, N, D) projected image tokens, on the projection's device and dtype."""
+        weight = next(self.projection.parameters())
+        features = self.image_features(image_paths).to(weight.device, weight.dtype)
+        return self.projection(features)
+
+    # ------------------------------------------------------------------ protocol
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.hidden_size
+
+    def word_embeddings(self) -> torch.Tensor:
+        return self.lm.word_embeddings()
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"projection": self.projection} if self.settings.train_projection else {}
+
+    def collate(
+        self, examples: list[VisionExample], settings: EncodeSettings, with_targets: bool
+    ) -> dict[str, Any]:
+        batch: dict[str, Any] = self.lm.collate(text_examples(examples), settings, with_targets)
+        batch["image_paths"] = [e.image_path for e in examples]
+        return batch
+
+    def _position(self, prefix: torch.Tensor) -> int:
+        return prompt_position(self.placement, prefix.shape[1])
+
+    def loss_sum(
+        self, batch: dict[str, Any], prompt: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed target-token cross-entropy and the token count; prompt is (B, P, D)."""
+        prefix = self.image_prefix(batch["image_paths"])
+        return self.lm.loss_sum(
+            batch, prompt, prefix=prefix, prompt_position=self._position(prefix)
+        )
+
+    def sequence_logprobs(self, batch: dict[str, Any], prompt: torch.Tensor | None) -> torch.Tensor:
+        """(B,) summed log-probability of each row's target tokens."""
+        prefix = self.image_prefix(batch["image_paths"])
+        return self.lm.sequence_logprobs(
+            batch, prompt, prefix=prefix, prompt_position=self._position(prefix)
+        )
+
+    @torch.no_grad()
+    def generate(
+        self, batch: dict[str, Any], prompt: torch.Tensor | None, max_new_tokens: int
+    ) -> list[str]:
+        """Greedy continuations (new text only) of left-padded inputs."""
+        prefix = self.image_prefix(batch["image_paths"])
+        return self.lm.generate(
+            batch, prompt, max_new_tokens, prefix=prefix, prompt_position=self._position(prefix)
+        )
+
+    # ------------------------------------------------------------------ saving
+
+    def state_for_save(self) -> dict[str, torch.Tensor]:
+        """Projection weights as `projection.<name>` (saved even when frozen: its random
+        initialisation is part of what the prompt was trained against)."""
+        return {
+            f"projection.{k}": v.detach().cpu().contiguous()
+            for k, v in self.projection.state_dict().items()
+        }
+
+    def load_saved_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load `state_for_save` output; all names and shapes must match exactly.
+
+        Raises:
+            ValueError: names missing or unexpected, or a shape differs (nothing is loaded).
+        """
+        own = {f"projection.{k}": v for k, v in self.projection.state_dict().items()}
+        missing, unexpected = (
+            sorted(own.keys() - tensors.keys()),
+            sorted(tensors.keys() - own.keys()),
+        )
+        if missing or unexpected:
+            raise ValueError(
+                f"saved state does not fit this {self.settings.projection} projection: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        for name, target in own.items():
+            if tuple(tensors[name].shape) != tuple(target.shape):
+                raise ValueError(
+                    f"saved tensor {name} has shape {tuple(tensors[name].shape)}, this model's "
+                    f"has {tuple(target.shape)} (different vision encoder, LM or projection?)"
+                )
+        with torch.no_grad():
+            for name, target in own.items():
+                target.copy_(tensors[name])
+
+    def describe(self) -> dict[str, Any]:
+        """What the prompt was trained against, for the prompt's metadata."""
+        return {
+            "family": self.family,
+            "vision_encoder": self.vision_encoder_id,
+            "language_model": self.lm.name_or_path,
+            "projection": self.settings.projection,
+            "train_projection": self.settings.train_projection,
+            "num_image_tokens": self.num_image_tokens,
+            "feature_dim": self.feature_dim,
+            "hidden_size": self.hidden_size,
+            "placement": self.placement,
+            "preprocessing": self.encoder.preprocessing,
+        }
