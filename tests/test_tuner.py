@@ -60,3 +60,17 @@ def test_init_methods(tiny_models):
     expected = weight[torch.tensor((ids * 5)[:5])]
     assert torch.equal(text.embedding.weight, expected)
     assert text(3).shape == (3, 5, backbone.hidden_size)
+
+
+def test_generation_inputs_are_left_aligned():
+    from softprompt.tuners.splice import assemble_inputs
+
+    prefix = torch.full((2, 2, 1), 9.0)
+    prompt = torch.full((2, 1, 1), 7.0)
+    # Row 0 is left-padded text of one token; row 1 is empty text (all padding).
+    embeds = torch.tensor([[[0.0], [1.0]], [[0.0], [0.0]]])
+    mask = torch.tensor([[0, 1], [0, 0]])
+    e, m, _ = assemble_inputs(prompt, embeds, mask, None, prefix, prompt_position=0)
+    assert m.tolist() == [[0, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert e[0, :, 0].tolist() == [0.0, 7.0, 9.0, 9.0, 1.0]
+    assert e[1, 2:, 0].tolist() == [7.0, 9.0, 9.0]

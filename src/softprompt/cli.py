@@ -85,10 +85,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_image_prompt(prompt_dir: str | None) -> bool:
+    meta = Path(prompt_dir or "") / "softprompt.json"
+    if not meta.is_file():
+        return False
+    return "vision_task" in json.loads(meta.read_text(encoding="utf-8")).get("task", {})
+
+
+def _cmd_predict_images(args: argparse.Namespace) -> int:
+    from softprompt.predict import VisionPredictor, image_inputs, summarize, write_records
+
+    if args.prompt is None:
+        print("predict on images needs --prompt DIR (a trained image prompt)", file=sys.stderr)
+        return EXIT_USAGE
+    examples = image_inputs(args.image, args.image_dir, args.input, args.question)
+    predictor = VisionPredictor.from_prompt_dir(
+        args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
+    )
+    records = predictor.predict(examples, args.batch_size, progress=not args.no_progress)
+    if args.output:
+        write_records(records, args.output)
+        print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
+    else:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+    print(f"summary: {json.dumps(summarize(records))}", file=sys.stderr)
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from softprompt.data.records import TextExample
     from softprompt.predict import Predictor, read_inputs, write_records
 
+    if args.image or args.image_dir or _is_image_prompt(args.prompt):
+        return _cmd_predict_images(args)
+    if args.text is None and args.input is None:
+        print("predict needs --text or --input", file=sys.stderr)
+        return EXIT_USAGE
     if args.prompt is None and args.model is None:
         print("predict needs --prompt DIR (or --model for the bare model)", file=sys.stderr)
         return EXIT_USAGE
@@ -148,14 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="generate with a saved prompt")
-    p.add_argument("--prompt", help="prompt directory")
+    p = sub.add_parser("predict", help="predict with a saved prompt (text or images)")
+    # Seed scripts spell these --model_path / --image_path / --image_dir / --output_file.
+    p.add_argument("--prompt", "--model_path", dest="prompt", help="prompt directory")
     p.add_argument("--model", help="base model (default: the one recorded in the prompt)")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--text", action="append", help="input text (repeatable)")
-    src.add_argument("--input", help="JSONL/JSON/CSV file of inputs")
+    src.add_argument("--input", help="JSONL/JSON/CSV file of inputs (text, or image records)")
+    src.add_argument(
+        "--image", "--image_path", dest="image", action="append", help="image file (repeatable)"
+    )
+    src.add_argument("--image-dir", "--image_dir", dest="image_dir", help="folder of images")
+    p.add_argument("--question", help="question asked about every image (vqa)")
     p.add_argument("--input-field", help="field holding the text in --input records")
-    p.add_argument("--output", help="write records here (.jsonl or .json); default stdout")
+    p.add_argument(
+        "--output",
+        "--output_file",
+        dest="output",
+        help="write records here (.jsonl or .json); default stdout",
+    )
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-progress", action="store_true")

@@ -73,6 +73,11 @@ class DataConfig(_Section):
     val_test_path: str | None = Field(
         None, description="Validation data (same forms); for builtins the val split is used."
     )
+    validation: bool = Field(
+        True,
+        description="Evaluate during training. False: no validation; best/ is the final prompt "
+        "(use it when the only held-out split is the test split).",
+    )
     test_path: str | None = Field(
         None, description="Test data evaluated once at the end with the best prompt."
     )

@@ -82,6 +82,8 @@ def load_split_with_info(
     if split == "train":
         path, limit = d.train_path, d.max_train_samples
     elif split == "val":
+        if not d.validation:
+            return [], {}
         path, limit = d.val_test_path, d.max_eval_samples
         if path is None and d.train_path and _is_split_source(d.train_path):
             path = d.train_path

@@ -156,9 +156,6 @@ class QueryTokenBackbone:
             "stage": stage,
             "image_processor": self.image_processor.to_dict(),
         }
-        if stage == "query_prefix" and self.reads_instruction:
-            tok = self.qformer_tokenizer
-            parts["qformer_tokenizer"] = [getattr(tok, "name_or_path", ""), len(tok)]
         return FeatureCache(
             namespace_key(**parts),
             disk_dir=s.cache_dir if s.feature_cache == "disk" else None,
@@ -188,8 +185,8 @@ class QueryTokenBackbone:
 
         Returns:
             The text backbone's batch (`input_ids`, `attention_mask`, `labels` (B, T)),
-            plus `image_paths` (list of B) and, for InstructBLIP, `instructions` (list of
-            B) and `qformer_input_ids` / `qformer_attention_mask` (B, Tq), right-padded.
+            plus `image_paths` (list of B) and, for InstructBLIP, the instruction in the
+            Q-Former's vocabulary: `qformer_input_ids` / `qformer_attention_mask` (B, Tq).
         """
         batch = self.lm.collate(text_examples(examples), settings, with_targets)
         batch["image_paths"] = [e.image_path for e in examples]
@@ -205,7 +202,6 @@ class QueryTokenBackbone:
                 max_length=min(settings.max_input_length, room),
                 return_tensors="pt",
             )
-            batch["instructions"] = texts
             batch["qformer_input_ids"] = enc["input_ids"]
             batch["qformer_attention_mask"] = enc["attention_mask"]
         return batch
@@ -231,7 +227,7 @@ class QueryTokenBackbone:
                 with torch.no_grad(), _eval_mode(hf.vision_model, hf.qformer):
                     return query_prefix(hf, vision_states(hf, pixels), sub_ids, sub_mask)
 
-            extras = batch.get("instructions") if self.reads_instruction else None
+            extras = _instruction_keys(ids, mask) if self.reads_instruction else None
             return self.cache.features(paths, compute, extras).to(device)
 
         def compute_states(rows: list[int]) -> torch.Tensor:
@@ -301,7 +297,9 @@ class QueryTokenBackbone:
         Raises:
             ValueError: the saved Q-Former prompt is missing, unexpected or of another shape.
         """
-        saved = {k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
+        saved = {
+            k[len(STATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)
+        }
         qp = self.model.qformer_prompt
         if qp is None:
             if saved:
@@ -381,6 +379,14 @@ def _eval_mode(*modules: nn.Module) -> Iterator[None]:
     finally:
         for m, training in saved:
             m.training = training
+
+
+def _instruction_keys(ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Per-row cache-key parts: the instruction token ids the Q-Former actually reads.
+
+    Ids rather than text, so truncation and the tokenizer are part of the key too.
+    """
+    return [",".join(map(str, row[m.bool()].tolist())) for row, m in zip(ids, mask, strict=True)]
 
 
 def _ordinary_ids(tokenizer: Any, vocab_size: int) -> list[int]:

@@ -63,6 +63,10 @@ def assemble_inputs(
 
     Returns:
         inputs_embeds, attention_mask and labels (prefix and prompt positions ignored).
+        Without labels (generation), padding is moved to the front of each row, so every
+        row ends with a real token for generation to continue from: a left-padded text
+        behind a prefix/prompt would otherwise leave its pads in the middle, or at the
+        end when the text is empty.
     """
     if prefix is not None:
         b, n = prefix.shape[0], prefix.shape[1]
@@ -70,4 +74,21 @@ def assemble_inputs(
         attention_mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
         if labels is not None:
             labels = torch.cat([labels.new_full((b, n), IGNORE_INDEX), labels], dim=1)
-    return splice_prompt(prompt, inputs_embeds, attention_mask, labels, position=prompt_position)
+    embeds, mask, labels = splice_prompt(
+        prompt, inputs_embeds, attention_mask, labels, position=prompt_position
+    )
+    if labels is None:
+        embeds, mask = left_align_padding(embeds, mask)
+    return embeds, mask, labels
+
+
+def left_align_padding(
+    embeds: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move masked positions to the front of each row, keeping real positions in order."""
+    if bool(mask[:, -1].all()) and bool((mask.diff(dim=1) >= 0).all()):
+        return embeds, mask  # already left-padded (or no padding)
+    # Stable sort on the mask puts zeros first without reordering the ones.
+    order = torch.sort(mask.long(), dim=1, stable=True).indices
+    embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    return embeds, torch.gather(mask, 1, order)
