@@ -185,3 +185,24 @@ def colour_images(directory: Path, per_colour: int = 3) -> dict[str, list[Path]]
             Image.fromarray(pixels).save(path)
             out[name].append(path)
     return out
+
+
+def build_tiny_clip(directory: Path) -> Path:
+    """A tiny CLIP vision tower + image processor saved like a hub checkpoint."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    out = directory / "tiny-clip-vision"
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        image_size=32,
+        patch_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    CLIPVisionModel(config).save_pretrained(out)
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(out)
+    return out

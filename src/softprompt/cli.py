@@ -38,43 +38,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.config import load_config
-    from softprompt.evaluate import evaluate
-    from softprompt.runtime import backbone_from_config, encode_settings, load_split
-    from softprompt.tuners.prompt_tuning.io import check_compatible, load_prompt
+    from softprompt.eval_run import run_evaluation
 
     config = load_config(args.config, args.overrides)
-    loaded = load_prompt(args.prompt) if args.prompt else None
-    backbone = backbone_from_config(config, args.model)
-    prompt = None
-    if loaded is not None:
-        check_compatible(loaded, backbone)
-        prompt = loaded.weight.to(backbone.word_embeddings().dtype)
-    results: dict[str, object] = {"prompt": args.prompt, "model": backbone.name_or_path}
-    splits = [args.split] if args.split else ["val", "test"]
-    for split in splits:
-        examples = load_split(config, split)
-        if not examples:
-            continue
-        metrics, predictions = evaluate(
-            backbone,
-            prompt,
-            examples,
-            encode_settings(config),
-            batch_size=config.training.eval_batch_size or config.training.batch_size,
-            max_new_tokens=config.task.max_new_tokens,
-            generate=not args.loss_only,
-            progress=not args.no_progress,
-        )
-        results[split] = metrics
-        if args.predictions:
-            from softprompt.predict import write_records
-
-            records = [
-                {"id": e.id, "input": e.input, "target": e.target, "prediction": p}
-                for e, p in zip(examples, predictions, strict=False)
-            ]
-            write_records(records, Path(args.predictions).with_suffix(f".{split}.jsonl"))
-    if len(results) == 2:
+    results = run_evaluation(
+        config,
+        prompt_dir=args.prompt,
+        model=args.model,
+        splits=(args.split,) if args.split else ("val", "test"),
+        predict=not args.loss_only,
+        progress=not args.no_progress,
+        predictions_path=args.predictions,
+    )
+    if not any(split in results for split in ("val", "test")):
         print("no labelled data: set data.val_test_path or data.test_path", file=sys.stderr)
         return EXIT_USAGE
     text = json.dumps(results, indent=2)

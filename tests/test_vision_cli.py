@@ -1,0 +1,168 @@
+"""Image tasks end to end through the CLI: train from YAML, eval, predict to JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
+
+from softprompt.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine run fastest on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """train/{red,blue} and val/{red,blue}, plus one corrupt file in train/red."""
+    root = tmp_path_factory.mktemp("folders")
+    for split, count in (("train", 6), ("val", 3)):
+        images = colour_images(root / "flat" / split, per_colour=count)
+        for colour, paths in images.items():
+            (root / split / colour).mkdir(parents=True, exist_ok=True)
+            for path in paths:
+                shutil.copy(path, root / split / colour / path.name)
+    (root / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def write_config(path, **sections):
+    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(sections))
+    return path
+
+
+def test_classify_with_composed_clip_gpt2(tiny_models, folders, tmp_path, capsys):
+    clip = build_tiny_clip(tmp_path)
+    out = tmp_path / "run"
+    config = write_config(
+        tmp_path / "config.yaml",
+        model={"name_or_path": str(tiny_models["gpt2"]), "vision_encoder": str(clip)},
+        method={"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
+        data={"train_path": str(folders / "train"), "val_test_path": str(folders / "val")},
+        task={
+            "type": "classify",
+            "instruction": "Which colour?",
+            "labels": {"red": "red", "blue": "blue"},
+            "positive_label": "red",
+        },
+        training={
+            "output_dir": str(out),
+            "epochs": 3,
+            "batch_size": 4,
+            "learning_rate": 0.3,
+            "projection_learning_rate": 0.01,
+            "metric_for_best_model": "eval_accuracy",
+        },
+    )
+    assert main(["train", str(config), "--no-progress"]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["skipped_inputs"] == 1
+    assert "broken.png" in (out / "skipped_inputs.json").read_text()
+    evals = results["evaluations"]
+    assert {"eval_accuracy", "eval_f1_macro", "eval_roc_auc", "eval_confusion_matrix"} <= set(
+        evals[-1]
+    )
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    saved = load_file(str(out / "best" / "adapter_model.safetensors"))
+    assert any(k.startswith("projection.") for k in saved)
+    meta = json.loads((out / "best" / "softprompt.json").read_text())
+    assert meta["task"]["vision_task"]["label_words"] == {"blue": "blue", "red": "red"}
+
+    # Folder prediction to JSON with the seed script's flag spellings; a corrupt file
+    # becomes an error record, the others get probabilities.
+    predict_dir = tmp_path / "predict"
+    shutil.copytree(folders / "val", predict_dir)
+    (predict_dir / "zero.jpg").write_bytes(b"")
+    target = tmp_path / "inference_results.json"
+    capsys.readouterr()
+    argv = ["predict", "--model_path", str(out / "best"), "--image_dir", str(predict_dir)]
+    assert main([*argv, "--output_file", str(target), "--no-progress"]) == 0
+    records = json.loads(target.read_text())
+    assert len(records) == 7
+    errors = [r for r in records if "error" in r]
+    assert len(errors) == 1 and "zero.jpg" in errors[0]["image"]
+    good = [r for r in records if "error" not in r]
+    assert all(set(r["probabilities"]) == {"red", "blue"} for r in good)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in good)
+    assert '"errors": 1' in capsys.readouterr().err
+
+    # Batched predictions equal one-at-a-time predictions.
+    single = tmp_path / "single.json"
+    assert main([*argv, "--output", str(single), "--batch-size", "1", "--no-progress"]) == 0
+    one = json.loads(single.read_text())
+    for a, b in zip(records, one, strict=True):
+        assert a.get("prediction") == b.get("prediction")
+        for name, p in a.get("probabilities", {}).items():
+            assert abs(p - b["probabilities"][name]) < 1e-4
+
+    # Zero-shot evaluation of the bare model works too (no --prompt).
+    capsys.readouterr()
+    assert main(["eval", str(config), "--split", "val", "--no-progress"]) == 0
+    assert "accuracy" in json.loads(capsys.readouterr().out)["val"]
+
+
+def pairs_file(path, images, key="text", extra=None):
+    rows = []
+    for colour, paths in images.items():
+        for p in paths:
+            row = {"image_path": p.name, key: f"a {colour} square"}
+            row.update(extra or {})
+            rows.append(row)
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["instructblip-opt", "blip2-t5"])
+def test_caption_and_vqa_with_blip_models(kind, tmp_path, capsys):
+    model = build_vlm(kind, tmp_path)
+    images = colour_images(tmp_path / "img", per_colour=3)
+    vqa = kind.startswith("blip2")
+    data = pairs_file(
+        tmp_path / "img" / "train.jsonl",
+        images,
+        key="answer" if vqa else "text",
+        extra={"question": "what colour?"} if vqa else None,
+    )
+    prompt_cfg = {"num_virtual_tokens": 4, "placement": "after_image"}
+    if kind.startswith("instructblip"):
+        prompt_cfg["qformer_prompt_tokens"] = 2
+    out = tmp_path / "run"
+    config = write_config(
+        tmp_path / "config.yaml",
+        model={"name_or_path": str(model)},
+        method={"prompt_tuning": prompt_cfg},
+        data={"train_path": str(data), "val_test_path": str(data)},
+        task={"type": "vqa" if vqa else "caption", "max_new_tokens": 4},
+        training={"output_dir": str(out), "epochs": 4, "batch_size": 3, "learning_rate": 0.3},
+    )
+    assert main(["train", str(config), "--no-progress"]) == 0
+    evals = json.loads((out / "all_results.json").read_text())["evaluations"]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    metric = "eval_vqa_accuracy" if vqa else "eval_cider"
+    assert metric in evals[-1]
+    saved = load_file(str(out / "best" / "adapter_model.safetensors"))
+    assert any(k.startswith("qformer_prompt") for k in saved) == (not vqa)
+
+    # Resuming from the last checkpoint continues with the Q-Former prompt in place.
+    assert (
+        main(["train", str(config), "training.epochs=5", "--resume", "auto", "--no-progress"]) == 0
+    )
+
+    capsys.readouterr()
+    argv = ["predict", "--prompt", str(out / "best"), "--image", str(images["red"][0])]
+    if vqa:
+        argv += ["--question", "what colour?"]
+    assert main([*argv, "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert isinstance(record["prediction"], str) and "error" not in record
