@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) demo/aclsum_demo.py
+	$(PY) demo/run_demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
