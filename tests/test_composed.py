@@ -13,13 +13,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
-    CLIPVisionConfig,
     CLIPVisionModel,
 )
+from vlm_fixtures import build_tiny_clip, tiny_clip_processor, tiny_clip_vision_config
 
-from softprompt.backbones import causal_lm
+from softprompt.backbones import text_common
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.composed import ComposedVLMBackbone, as_tokens, pool_tokens
 from softprompt.backbones.vision_base import VisionLanguageBackbone, VisionSettings
@@ -29,28 +28,9 @@ ENC = EncodeSettings(max_input_length=32, max_target_length=8)
 CLIP_TOKENS = 17  # (32 / 8)^2 patches + CLS
 
 
-def _vision_config() -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=32,
-        image_size=32,
-        patch_size=8,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-
-
-def _processor() -> CLIPImageProcessor:
-    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("clip") / "tiny-clip-vision"
-    CLIPVisionModel(_vision_config()).save_pretrained(out)
-    _processor().save_pretrained(out)
-    return out
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
@@ -229,14 +209,14 @@ def test_disk_cache_survives_new_instance(tiny_clip, tiny_models, images, tmp_pa
 
 def test_placement_positions(tiny_clip, tiny_models, images, monkeypatch) -> None:
     seen = []
-    real = causal_lm.assemble_inputs
+    real = text_common.assemble_inputs
 
     def spy(prompt, embeds, mask, labels, prefix, position):
         out = real(prompt, embeds, mask, labels, prefix, position)
         seen.append((prompt, prefix, out[0]))
         return out
 
-    monkeypatch.setattr(causal_lm, "assemble_inputs", spy)
+    monkeypatch.setattr(text_common, "assemble_inputs", spy)
     losses = {}
     for placement in ("before_image", "after_image"):
         backbone = build(tiny_clip, tiny_models, placement=placement)
@@ -276,9 +256,9 @@ def test_state_round_trip_and_mismatch(tiny_clip, tiny_models, images) -> None:
 def test_full_clip_checkpoint_loads_vision_half(tiny_models, tmp_path) -> None:
     text = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
     text.update(intermediate_size=64, vocab_size=100, bos_token_id=0, eos_token_id=1)
-    config = CLIPConfig(vision_config=_vision_config().to_dict(), text_config=text)
+    config = CLIPConfig(vision_config=tiny_clip_vision_config().to_dict(), text_config=text)
     CLIPModel(config).save_pretrained(tmp_path / "clip")
-    _processor().save_pretrained(tmp_path / "clip")
+    tiny_clip_processor().save_pretrained(tmp_path / "clip")
     backbone = build(tmp_path / "clip", tiny_models)
     assert isinstance(backbone.model.vision_encoder, CLIPVisionModel)
     assert backbone.num_image_tokens == CLIP_TOKENS

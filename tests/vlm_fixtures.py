@@ -187,13 +187,10 @@ def colour_images(directory: Path, per_colour: int = 3) -> dict[str, list[Path]]
     return out
 
 
-def build_tiny_clip(directory: Path) -> Path:
-    """A tiny CLIP vision tower + image processor saved like a hub checkpoint."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+def tiny_clip_vision_config():
+    from transformers import CLIPVisionConfig
 
-    torch.manual_seed(0)
-    out = directory / "tiny-clip-vision"
-    config = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=32,
         image_size=32,
         patch_size=8,
@@ -201,8 +198,20 @@ def build_tiny_clip(directory: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
     )
-    CLIPVisionModel(config).save_pretrained(out)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(out)
+
+
+def tiny_clip_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def build_tiny_clip(directory: Path) -> Path:
+    """A tiny CLIP vision tower + image processor saved like a hub checkpoint."""
+    from transformers import CLIPVisionModel
+
+    torch.manual_seed(0)
+    out = directory / "tiny-clip-vision"
+    CLIPVisionModel(tiny_clip_vision_config()).save_pretrained(out)
+    tiny_clip_processor().save_pretrained(out)
     return out

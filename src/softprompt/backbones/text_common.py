@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from softprompt.backbones.base import freeze
+from softprompt.tuners.splice import assemble_inputs
 
 logger = logging.getLogger("softprompt")
 
@@ -61,3 +62,129 @@ def prepare_frozen(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return model
+
+
+class TextBackboneBase:
+    """What causal and seq2seq backbones share: input assembly, losses, generation.
+
+    Subclasses set `family`, `auto_class` and `labels_in_input` (causal LMs read their
+    labels as part of the input sequence; seq2seq models feed them to the decoder), and
+    implement `collate` and `_token_losses`.
+    """
+
+    family = "text"
+    auto_class: Any = None
+    labels_in_input = True
+
+    def __init__(self, model, tokenizer, name_or_path: str) -> None:
+        self.model = prepare_frozen(model)
+        self.tokenizer = tokenizer
+        self.name_or_path = name_or_path
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, display_name: str, dtype: torch.dtype, trust_remote_code: bool = False
+    ):
+        tokenizer = load_tokenizer(path, trust_remote_code)
+        model = cls.auto_class.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        return cls(model, tokenizer, display_name)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    def word_embeddings(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    def _assemble(
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        prefix: torch.Tensor | None,
+        prompt_position: int,
+        with_labels: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        labels = batch["labels"] if with_labels and self.labels_in_input else None
+        embeds, mask, labels = assemble_inputs(
+            prompt,
+            self.model.get_input_embeddings()(batch["input_ids"]),
+            batch["attention_mask"],
+            labels,
+            prefix,
+            prompt_position,
+        )
+        if with_labels and not self.labels_in_input:
+            labels = batch["labels"]
+        return embeds, mask, labels
+
+    def _token_losses(
+        self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-label-token cross-entropy (N,) and the boolean mask of where they sit."""
+        raise NotImplementedError
+
+    def loss_sum(
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy summed over label tokens, and their count.
+
+        Dividing the two gives exactly transformers' loss (mean over label tokens) for
+        the same batch.
+
+        Args:
+            batch: right-padded `input_ids`, `attention_mask`, `labels` (B, T).
+            prompt: (B, P, D) soft prompt or None.
+            prefix: (B, N, D) embeddings placed before the text (image tokens) or None.
+            prompt_position: index in `[prefix][text]` where the prompt goes.
+        """
+        embeds, mask, labels = self._assemble(batch, prompt, prefix, prompt_position, True)
+        losses, selected = self._token_losses(embeds, mask, labels)
+        return losses.sum(), selected.sum()
+
+    def sequence_logprobs(
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
+    ) -> torch.Tensor:
+        """Log-probability of each row's label tokens, summed: shape (B,)."""
+        embeds, mask, labels = self._assemble(batch, prompt, prefix, prompt_position, True)
+        losses, selected = self._token_losses(embeds, mask, labels)
+        rows = selected.nonzero()[:, 0]
+        out = torch.zeros(selected.shape[0], device=losses.device, dtype=losses.dtype)
+        return -out.index_add(0, rows, losses)
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        max_new_tokens: int,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
+    ) -> torch.Tensor:
+        """Greedy continuation ids (B, new_tokens) of left-padded inputs."""
+        embeds, mask, _ = self._assemble(batch, prompt, prefix, prompt_position, False)
+        config = greedy_config(self.model, self.tokenizer, max_new_tokens)
+        return self.model.generate(
+            inputs_embeds=embeds, attention_mask=mask, generation_config=config
+        )
+
+    def generate(
+        self,
+        batch: dict[str, torch.Tensor],
+        prompt: torch.Tensor | None,
+        max_new_tokens: int,
+        prefix: torch.Tensor | None = None,
+        prompt_position: int = 0,
+    ) -> list[str]:
+        """Greedy generation; returns the new text only."""
+        ids = self.generate_ids(batch, prompt, max_new_tokens, prefix, prompt_position)
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
