@@ -166,3 +166,32 @@ def test_caption_and_vqa_with_blip_models(kind, tmp_path, capsys):
     assert main([*argv, "--no-progress"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert isinstance(record["prediction"], str) and "error" not in record
+
+
+@pytest.mark.slow
+def test_embedded_vlm_trains_and_predicts_on_easy_vqa(tmp_path, capsys):
+    """The `make demo` model and data for a few steps: real weights, real images."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "easyvqa_effnet_smollm2.yaml"
+    out = tmp_path / "run"
+    overrides = [
+        f"training.output_dir={out}",
+        "training.max_steps=3",
+        "training.batch_size=4",
+        "data.max_train_samples=24",
+        "data.max_eval_samples=8",
+    ]
+    assert main(["train", str(config), *overrides, "--no-progress"]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["global_step"] == 3 and "test_exact_match" in results
+    capsys.readouterr()
+    image = json.loads((out / "best" / "softprompt.json").read_text())
+    assert image["task"]["vision_task"]["type"] == "vqa"
+    from softprompt.data.vqa import load_easy_vqa
+
+    first = load_easy_vqa("test")[0]
+    argv = ["predict", "--prompt", str(out / "best"), "--image", first.image_path]
+    assert main([*argv, "--question", first.text, "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert record["question"] == first.text and isinstance(record["prediction"], str)
