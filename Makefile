@@ -37,6 +37,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_feature_cache.py
+	$(PY) bench/bench_predict.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo

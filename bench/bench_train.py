@@ -1,0 +1,311 @@
+"""Prompt-tuning training throughput, memory, MFU and loss parity: softprompt vs Hugging Face PEFT.
+
+    python bench/bench_train.py [--steps N] [--batch-size B] [--quick]
+
+Each method trains in its own process (this script with --worker) so that peak RSS is per
+method; the parent interleaves their optimizer steps so background load hits both alike, and a
+step disturbed by other processes is re-run from a snapshot (fastest attempt counts). Before
+training, each worker also scores 3 fixed batches in eval mode with the same initial prompt
+(loss parity). A third worker times fp32 torch.mm for the MFU denominator, before and after.
+Results: a Markdown table on stdout and bench/results/train_vs_peft.json (--quick:
+train_vs_peft_quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "train_vs_peft.json"
+sys.path.insert(0, str(HERE))  # workers import bench/common.py (torch, transformers) lazily
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries: int) -> dict:
+    import common
+    import torch
+    import train_report
+
+    from softprompt.backbones.base import input_lengths
+    from softprompt.backbones.text_common import load_tokenizer
+    from softprompt.tuners.splice import IGNORE_INDEX
+
+    common.setup_torch()
+    all_examples = common.load_examples()
+    # The timed steps cover one epoch of this subset (all 100 examples by default), so both
+    # methods time exactly the same examples; only the batching differs.
+    examples = all_examples[: steps * batch_size]
+    p = common.NUM_VIRTUAL_TOKENS
+    if method == "ours":
+        backbone, prompt = common.load_ours()
+        model, tokenizer, params = backbone.model, backbone.tokenizer, list(prompt.parameters())
+
+        def loss_of(batch):
+            loss_sum, count = backbone.loss_sum(batch, prompt(batch["input_ids"].shape[0]))
+            return loss_sum / count
+
+    else:
+        model, peft_model, weight = common.load_peft()
+        tokenizer, params = load_tokenizer(common.model_path()), [weight]
+
+        def loss_of(batch):
+            return peft_model(**batch).loss
+
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    trainable += sum(x.numel() for x in params)
+    consts = common.flop_constants(model)
+    collate = common.make_collate(tokenizer)
+
+    # Parity probe (eval mode, initial prompt): losses on 3 fixed batches, prompt gradient on
+    # the first. Both workers start from common.prompt_init's weights.
+    model.eval()
+    pb = min(batch_size, 4)
+    probe = [collate(all_examples[k * pb : (k + 1) * pb]) for k in range(3)]
+    with torch.no_grad():
+        probe_losses = [float(loss_of(batch)) for batch in probe]
+    loss_of(probe[0]).backward()
+    probe_grad = params[0].grad.flatten().tolist()
+    params[0].grad = None
+    model.train()
+
+    lengths = input_lengths(examples, tokenizer)
+    opt = torch.optim.AdamW(params, lr=common.LR)
+
+    def step(indices: list[int]) -> dict:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        batch = collate([examples[i] for i in indices])
+        loss = loss_of(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
+        b, seq = batch["input_ids"].shape[0], p + batch["input_ids"].shape[1]
+        labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        head = labels if method == "ours" else b * seq
+        return {
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "samples": b,
+            "tokens": int(batch["attention_mask"].sum()),
+            "positions": b * seq,
+            "label_tokens": labels,
+            "head_positions": head,
+            "flops": common.step_flops(consts, b * seq, head),
+            "attention_flops": common.attention_flops(consts, b, seq),
+            "loss": float(loss.detach()),
+        }
+
+    def timed_step(indices: list[int]) -> dict:
+        """One optimizer step; re-run from a snapshot while other processes disturb it.
+
+        A step that overlapped more than common.BUSY_LIMIT cores of other processes'
+        CPU use is restored (prompt and AdamW state) and repeated, up to `retries` times (and
+        steps/4 times per run); the fastest attempt counts (min-of-repeats, as timeit does) and
+        the training trajectory is unchanged.
+        """
+        nonlocal retries_left
+        weight = params[0].detach().clone()
+        state = copy.deepcopy(opt.state_dict())
+        best = None
+        for attempt in range(1 + retries):
+            if attempt:
+                retries_left -= 1
+                with torch.no_grad():
+                    params[0].copy_(weight)
+                opt.load_state_dict(copy.deepcopy(state))
+            busy = common.machine_busy_seconds()
+            record = step(indices)
+            other = common.machine_busy_seconds() - busy - record["cpu_seconds"]
+            record["background_cores"] = max(0.0, other) / record["seconds"]
+            if best is None or record["seconds"] < best["seconds"]:
+                best = record
+            if record["background_cores"] < common.BUSY_LIMIT or retries_left <= 0:
+                break
+        best["attempts"] = attempt + 1
+        return best
+
+    # Re-runs add at most ~25% to the timed part: they help against bursts of other work, not
+    # against a machine that stays busy.
+    retries_left = (steps + 3) // 4
+    # Commands arrive one per line on stdin, so the parent can interleave the two methods'
+    # steps (both then suffer the same background load); replies go to the original stdout.
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    grouped = method == "ours"
+    warm = common.batch_stream(lengths, batch_size, grouped, start_epoch=common.WARMUP_EPOCH)
+    timed = common.batch_stream(lengths, batch_size, grouped)
+    records: list[dict] = []
+    mm_rates: list[float] = []  # matmul peak sampled between steps, under the same load
+    print("ready", file=proto, flush=True)
+    for command in sys.stdin:
+        if command.strip() == "warm":
+            step(next(warm))
+        elif command.strip() == "step":
+            records.append(timed_step(next(timed)))
+        else:
+            break
+        mm_rates.append(common.matmul_rate())
+        print("ok", file=proto, flush=True)
+    summary = train_report.summarize(records, p, common.BUSY_LIMIT)
+    return {
+        "method": method,
+        "warmup_steps": warmup,
+        "batch_size": batch_size,
+        "examples": len(examples),
+        "trainable_parameters": trainable,
+        **summary,
+        "flop_constants": consts,
+        "peak_rss": common.peak_rss_mb(),
+        "matmul_rates": mm_rates,
+        "probe": {"batch_size": pb, "losses": probe_losses, "grad": probe_grad},
+    }
+
+
+def _worker_cmd(role: str, args: argparse.Namespace, out: Path) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", role, "--out", str(out)]
+    return cmd + [
+        *("--steps", str(args.steps), "--batch-size", str(args.batch_size)),
+        *("--warmup", str(args.warmup), "--retries", str(args.retries)),
+    ]
+
+
+_ENV = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+
+
+def run_worker(role: str, args: argparse.Namespace) -> dict:
+    """Run one role in a fresh interpreter and return the JSON it wrote."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        start = time.perf_counter()
+        subprocess.run(_worker_cmd(role, args, out), check=True, env=_ENV)
+        result = json.loads(out.read_text())
+    print(f"[bench] {role}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return result
+
+
+def run_training(args: argparse.Namespace) -> dict[str, dict]:
+    """Both methods in their own processes, steps interleaved A B B A ... (one runs at a time).
+
+    Interleaving exposes both methods to the same background load on a shared machine.
+    """
+    methods = ("peft", "ours")
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = {}
+        for m in methods:
+            cmd = _worker_cmd(m, args, Path(tmp) / f"{m}.json")
+            pipe = subprocess.PIPE
+            procs[m] = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, text=True, env=_ENV)
+        for m in methods:
+            if procs[m].stdout.readline().strip() != "ready":
+                raise RuntimeError(f"worker {m} failed to start")
+        start = time.perf_counter()
+        plan = ["warm"] * args.warmup + ["step"] * args.steps
+        for i, command in enumerate(plan):
+            for m in methods if i % 2 == 0 else methods[::-1]:
+                procs[m].stdin.write(command + "\n")
+                procs[m].stdin.flush()
+                if procs[m].stdout.readline().strip() != "ok":
+                    raise RuntimeError(f"worker {m} died during step {i}")
+            print(f"[bench] train round {i + 1}/{len(plan)} ({command})", file=sys.stderr)
+        results = {}
+        for m in methods:
+            procs[m].stdin.write("finish\n")
+            procs[m].stdin.close()
+            if procs[m].wait() != 0:
+                raise RuntimeError(f"worker {m} exited with {procs[m].returncode}")
+            results[m] = json.loads((Path(tmp) / f"{m}.json").read_text())
+    print(f"[bench] training: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
+    parser.add_argument(
+        "--retries", type=int, default=1, help="re-runs of a step disturbed by other processes"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run (~2 min)")
+    parser.add_argument("--worker", choices=["ours", "peft", "matmul"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    # Default: 13 steps of 8 = one full epoch of the 100 aclsum train examples, so both methods
+    # time exactly the same examples (only the batching differs).
+    quick = {"steps": 4, "batch_size": 4, "warmup": 1}
+    full = {"steps": 13, "batch_size": 8, "warmup": 2}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+    if args.worker:
+        if args.worker in ("ours", "peft"):
+            result = worker_train(
+                args.worker, args.steps, args.batch_size, args.warmup, args.retries
+            )
+        else:
+            import common
+
+            common.setup_torch()
+            result = common.matmul_flops_per_s()
+        Path(args.out).write_text(json.dumps(result))
+        return
+
+    import train_report
+
+    started = time.perf_counter()
+    mm_before = run_worker("matmul", args)
+    trained = run_training(args)
+    peft, ours = trained["peft"], trained["ours"]
+    loss_parity = train_report.parity(peft, ours)
+    disturbed = peft["disturbed_steps"] + ours["disturbed_steps"]
+    if disturbed:
+        print(
+            f"[bench] WARNING: {disturbed} timed steps ran beside other processes' CPU use even "
+            "after retries; timings are pessimistic (see step_background_cores in the JSON)",
+            file=sys.stderr,
+        )
+    mm_after = run_worker("matmul", args)
+    # The MFU denominator is the best matmul rate seen in the run (standalone before and after
+    # training, and between training steps), the least disturbed by other processes.
+    best = max(mm_before["best"], mm_after["best"], *peft["matmul_rates"], *ours["matmul_rates"])
+    for r in (peft, ours):
+        r["mfu"] = r["achieved_flops_per_s"] / best
+        r["mfu_with_attention"] = r["achieved_flops_per_s_with_attention"] / best
+    import common
+
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **common.run_settings(),
+        "matmul_flops_per_s": {**mm_before, "best": best, "after": mm_after},
+        "peft": peft,
+        "ours": ours,
+        "ratios": {
+            "samples_per_s": ours["samples_per_s"] / peft["samples_per_s"],
+            "tokens_per_s": ours["tokens_per_s"] / peft["tokens_per_s"],
+            "peak_rss": ours["peak_rss"]["vm_hwm_mb"] / peft["peak_rss"]["vm_hwm_mb"],
+        },
+        "parity": loss_parity,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    # A smoke run does not overwrite the real measurement.
+    path = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(train_report.report(results))
+    print(f"\n(results written to {path}; wall {results['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
