@@ -13,18 +13,23 @@ Default ids when a record has no `id_field` (error messages use the same locatio
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import json
 import re
 import string
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.errors import DataError, fields_present, where
+from softprompt.data.errors import DataError, fields_present
+from softprompt.data.record_files import (
+    RawRecord,
+    _iter_csv,
+    _iter_json,
+    _iter_jsonl,
+    _read_text,
+)
 from softprompt.data.records import TextExample
 
 SUPPORTED_FORMATS = ("jsonl", "json", "csv", "tsv", "builtin", "hf", "hf_disk")
@@ -41,21 +46,6 @@ _SPLIT_ALIASES = {
     "valid": "validation",
     "dev": "validation",
 }
-
-
-@dataclass
-class RawRecord:
-    """One record as read from a source, before field mapping.
-
-    Attributes:
-        where: location prefix for error messages, e.g. ``"data/train.jsonl:17"``.
-        default_id: the id to use when the record has no id field.
-        record: the record's fields.
-    """
-
-    where: str
-    default_id: str
-    record: Mapping[str, Any]
 
 
 BuiltinLoader = Callable[[str, str], Iterator[RawRecord]]
@@ -271,135 +261,6 @@ def _iter_rows(path: str, fmt: str, split: str) -> Iterator[RawRecord]:
     if fmt == "json":
         return _iter_json(path, text)
     return _iter_csv(path, text, "," if fmt == "csv" else "\t")
-
-
-def _read_text(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "file not found"
-        raise DataError(f"{path}: {what} (looked for {p.resolve()})")
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
-            "re-save the file as UTF-8"
-        ) from e
-    if not text.strip():
-        raise DataError(f"{path}: file is empty")
-    return text
-
-
-def _iter_jsonl(path: str, text: str) -> Iterator[RawRecord]:
-    name = Path(path).name
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line breaks.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        stripped = line.strip()
-        if not stripped:
-            continue
-        try:
-            obj = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            hint = "; the file looks like a JSON array, use format json" if stripped == "[" else ""
-            raise DataError(
-                f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){hint}"
-            ) from e
-        yield _object_row(path, name, lineno, obj)
-
-
-def _iter_json(path: str, text: str) -> Iterator[RawRecord]:
-    stripped = text.lstrip()
-    if stripped.startswith("{"):
-        # One pretty-printed object is one record; anything else is JSON Lines in a .json file.
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            yield from _iter_jsonl(path, text)
-            return
-        yield _object_row(
-            path, Path(path).name, text.count("\n", 0, len(text) - len(stripped)) + 1, obj
-        )
-        return
-    if not stripped.startswith("["):
-        yield from _iter_jsonl(path, text)
-        return
-    yield from _iter_json_array(path, text)
-
-
-def _iter_json_array(path: str, text: str) -> Iterator[RawRecord]:
-    # Decode element by element so each record knows its line, for ids and error messages.
-    name = Path(path).name
-    decoder = json.JSONDecoder()
-    skip_ws = json.decoder.WHITESPACE.match
-    pos = text.index("[") + 1
-    line, counted = 1, 0
-
-    def line_at(i: int) -> int:
-        nonlocal line, counted
-        line += text.count("\n", counted, i)
-        counted = i
-        return line
-
-    pos = skip_ws(text, pos).end()
-    if text.startswith("]", pos):
-        pos += 1
-    else:
-        while True:
-            try:
-                obj, end = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"
-                ) from e
-            yield _object_row(path, name, line_at(pos), obj)
-            pos = skip_ws(text, end).end()
-            if text.startswith(",", pos):
-                pos = skip_ws(text, pos + 1).end()
-                continue
-            if text.startswith("]", pos):
-                pos += 1
-                break
-            raise DataError(f"{path}:{line_at(pos)}: malformed JSON (expected ',' or ']')")
-    if text[pos:].strip():
-        raise DataError(f"{path}:{line_at(pos)}: malformed JSON (extra data after the array)")
-
-
-def _object_row(path: str, name: str, line: int, obj: Any) -> RawRecord:
-    if not isinstance(obj, dict):
-        raise DataError(
-            f"{path}:{line}: expected a JSON object with fields, got {type(obj).__name__}"
-        )
-    return RawRecord(where(path, line), f"{name}:{line}", obj)
-
-
-def _iter_csv(path: str, text: str, delimiter: str) -> Iterator[RawRecord]:
-    name = Path(path).name
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-        if len(set(header)) != len(header):
-            raise DataError(f"{path}:1: duplicate column names in the header ({', '.join(header)})")
-        row_index, start = 0, reader.line_num + 1
-        for row in reader:
-            if row:  # csv yields [] for blank lines
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{path}:{start}: {len(row)} fields but the header has {len(header)} "
-                        f"({', '.join(header)}); check quoting and the delimiter"
-                    )
-                # An empty cell is CSV's only way to say "no value".
-                record = {k: (v if v != "" else None) for k, v in zip(header, row, strict=True)}
-                yield RawRecord(where(path, start), f"{name}:{row_index}", record)
-                row_index += 1
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
-
-
-# ----------------------------------------------------------------------------- datasets sources
 
 
 def _pick_split(requested: str, available: Sequence[str], source: str) -> str:

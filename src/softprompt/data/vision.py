@@ -22,8 +22,9 @@ from typing import Any
 from softprompt.data.errors import DataError
 from softprompt.data.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from softprompt.data.load_report import ImageChecker, LoadReport
+from softprompt.data.record_files import RawRecord, _iter_json, _iter_jsonl, _read_text
 from softprompt.data.records import VisionExample
-from softprompt.data.text import RawRecord, _as_text, _iter_json, _iter_jsonl, _read_text, _required
+from softprompt.data.text import _as_text, _required
 from softprompt.data.vqa import (
     EASY_VQA_SPEC,
     annotations_path_for,

@@ -17,8 +17,8 @@ from typing import Any
 from softprompt.data.errors import DataError, fields_present
 from softprompt.data.images import MAX_IMAGE_PIXELS
 from softprompt.data.load_report import ImageChecker, LoadReport
+from softprompt.data.record_files import _read_text
 from softprompt.data.records import VisionExample
-from softprompt.data.text import _read_text
 
 VQA_IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
 """COCO's image file names, e.g. ``COCO_train2014_000000000009.jpg``."""
