@@ -117,6 +117,8 @@ def test_user_errors_exit_2_without_traceback(run_config, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training.batch_size" in err and "Traceback" not in err
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["train", str(run_config), "model.name_or_path=embedded:nope"]) == 2
+    assert "embedded:nope" in capsys.readouterr().err
     assert main(["predict", "--prompt", str(tmp_path), "--text", "x"]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
     bad_data = tmp_path / "bad.jsonl"

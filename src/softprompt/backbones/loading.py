@@ -80,7 +80,10 @@ def load_backbone(
         vision.language_model = vision.language_model or name_or_path
         family, path = "composed", None
     else:
-        path = resolve_embedded(name_or_path)
+        try:
+            path = resolve_embedded(name_or_path)
+        except ValueError as err:  # an unknown embedded:* name
+            raise ModelLoadError(f"model.name_or_path: {err}") from None
         family = family or detect_family(path, trust_remote_code)
     # Importing a family's module registers it; only the one needed is imported.
     importlib.import_module(FAMILY_MODULES[family])
