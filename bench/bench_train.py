@@ -66,17 +66,7 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
     consts = common.flop_constants(model)
     collate = common.make_collate(tokenizer)
 
-    # Parity probe (eval mode, initial prompt): losses on 3 fixed batches, prompt gradient on
-    # the first. Both workers start from common.prompt_init's weights.
-    model.eval()
-    pb = min(batch_size, 4)
-    probe = [collate(all_examples[k * pb : (k + 1) * pb]) for k in range(3)]
-    with torch.no_grad():
-        probe_losses = [float(loss_of(batch)) for batch in probe]
-    loss_of(probe[0]).backward()
-    probe_grad = params[0].grad.flatten().tolist()
-    params[0].grad = None
-    model.train()
+    probe = common.parity_probe(model, loss_of, params[0], all_examples, collate, batch_size)
 
     lengths = input_lengths(examples, tokenizer)
     opt = torch.optim.AdamW(params, lr=common.LR)
@@ -110,9 +100,9 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
         """One optimizer step; re-run from a snapshot while other processes disturb it.
 
         A step that overlapped more than common.BUSY_LIMIT cores of other processes'
-        CPU use is restored (prompt and AdamW state) and repeated, up to `retries` times (and
-        steps/4 times per run); the fastest attempt counts (min-of-repeats, as timeit does) and
-        the training trajectory is unchanged.
+        CPU use is restored (prompt and AdamW state) and repeated once the machine is quiet, up
+        to `retries` times (and steps/4 times per run); the fastest attempt counts
+        (min-of-repeats, as timeit does) and the training trajectory is unchanged.
         """
         nonlocal retries_left
         weight = params[0].detach().clone()
@@ -121,6 +111,7 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
         for attempt in range(1 + retries):
             if attempt:
                 retries_left -= 1
+                waited.append(common.wait_for_quiet(min(20.0, max(0.0, 60.0 - sum(waited)))))
                 with torch.no_grad():
                     params[0].copy_(weight)
                 opt.load_state_dict(copy.deepcopy(state))
@@ -138,6 +129,7 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
     # Re-runs add at most ~25% to the timed part: they help against bursts of other work, not
     # against a machine that stays busy.
     retries_left = (steps + 3) // 4
+    waited: list[float] = []  # before re-runs, wait up to 20 s (60 s per run) for a quiet machine
     # Commands arrive one per line on stdin, so the parent can interleave the two methods'
     # steps (both then suffer the same background load); replies go to the original stdout.
     proto = os.fdopen(os.dup(1), "w")
@@ -168,7 +160,8 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
         "flop_constants": consts,
         "peak_rss": common.peak_rss_mb(),
         "matmul_rates": mm_rates,
-        "probe": {"batch_size": pb, "losses": probe_losses, "grad": probe_grad},
+        "seconds_waited_for_quiet": sum(waited),
+        "probe": probe,
     }
 
 

@@ -126,6 +126,21 @@ def load_peft():
     return base, model, weight
 
 
+def parity_probe(model, loss_of, weight, examples, collate, batch_size: int) -> dict:
+    """Eval-mode losses on 3 fixed batches (first examples, <= 4 each) and the prompt gradient
+    on the first, from the initial prompt; the parent compares the two methods' probes."""
+    model.eval()
+    size = min(batch_size, 4)
+    batches = [collate(examples[k * size : (k + 1) * size]) for k in range(3)]
+    with torch.no_grad():
+        losses = [float(loss_of(batch)) for batch in batches]
+    loss_of(batches[0]).backward()
+    grad = weight.grad.flatten().tolist()
+    weight.grad = None
+    model.train()
+    return {"batch_size": size, "losses": losses, "grad": grad}
+
+
 # ----------------------------------------------------------------------------- FLOPs
 
 
@@ -191,6 +206,18 @@ def machine_busy_seconds() -> float:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:8]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def wait_for_quiet(limit_s: float, threshold: float = BUSY_LIMIT) -> float:
+    """Sleep until a second passes with under `threshold` cores busy machine-wide (this
+    process idles meanwhile), or until `limit_s`; returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        busy = machine_busy_seconds()
+        time.sleep(1.0)
+        if machine_busy_seconds() - busy < threshold:
+            break
+    return time.perf_counter() - start
 
 
 def matmul_rate(n: int = 2048, iters: int = 3) -> float:
