@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
     train_minutes = (time.perf_counter() - started) / 60
     tuned = {k.removeprefix("test_"): v for k, v in results.items() if k.startswith("test_")}
 
-    columns = HEADLINE[config.task.type]
+    # Metrics a split does not define (VQA accuracy without annotator sets) are left out.
+    columns = [(key, name) for key, name in HEADLINE[config.task.type] if key in tuned]
     print()
     print(
         f"{config.data.train_path} test split, {zero_shot['num_samples']} examples, "

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from softprompt import metrics as m
+from softprompt.data.records import VisionExample
 
 
 def test_bleu_identical_is_100_and_accepts_uneven_references() -> None:
@@ -148,3 +149,22 @@ def test_cider_hand_worked_and_ordering() -> None:
     unrelated = m.cider(["pizza oven hot"] * 3, refs)
     assert same > unrelated
     assert unrelated == 0.0
+
+
+def test_vqa_task_reports_consensus_accuracy_only_for_annotator_sets() -> None:
+    from softprompt.evaluate_vision import task_metrics
+    from softprompt.tasks import VisionTask
+
+    task = VisionTask(type="vqa", template="Question: {question} Answer:")
+    record = [{"prediction": "two"}]
+    single = [VisionExample(id="1", image_path="a.png", text="how many?", target="two")]
+    # One reference answer: exact match only (the VQA formula would cap a hit at 33%).
+    assert task_metrics(task, single, record) == {"exact_match": 100.0}
+    annotated = [
+        VisionExample(
+            id="1", image_path="a.png", text="how many?", references=["2"] * 2 + ["3"] * 8
+        )
+    ]
+    got = task_metrics(task, annotated, record)
+    assert got["exact_match"] == 0.0  # SQuAD normalisation keeps number words
+    assert 0 < got["vqa_accuracy"] < 100

@@ -149,7 +149,7 @@ def test_caption_and_vqa_with_blip_models(kind, tmp_path, capsys):
     assert main(["train", str(config), "--no-progress"]) == 0
     evals = json.loads((out / "all_results.json").read_text())["evaluations"]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
-    metric = "eval_vqa_accuracy" if vqa else "eval_cider"
+    metric = "eval_exact_match" if vqa else "eval_cider"
     assert metric in evals[-1]
     saved = load_file(str(out / "best" / "adapter_model.safetensors"))
     assert any(k.startswith("qformer_prompt") for k in saved) == (not vqa)

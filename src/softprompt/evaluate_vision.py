@@ -27,6 +27,8 @@ from softprompt.metrics import (
 )
 from softprompt.tasks import VisionTask
 
+MIN_VQA_ANNOTATORS = 3
+
 
 def _lengths(examples: list[VisionExample]) -> list[int]:
     # Character length is a good enough proxy for ordering batches by text length.
@@ -110,6 +112,7 @@ def evaluate_vision(
             if task.type == "vqa":
                 record["question"] = raw.text
             record.update(output)
+            record.update(_gold(task, raw))
             records[i] = record
     model.train(was_training)
     mean_loss = total_loss / total_tokens if total_tokens else math.nan
@@ -122,6 +125,14 @@ def evaluate_vision(
     if predict and done:
         metrics.update(task_metrics(task, examples, done))
     return metrics, done
+
+
+def _gold(task: VisionTask, example: VisionExample) -> dict[str, Any]:
+    """The reference next to the prediction, so a predictions file can be read alone."""
+    if task.type == "classify":
+        return {"label": example.label} if example.label else {}
+    refs = example.references or ([example.target] if example.target else [])
+    return {"references": refs} if refs else {}
 
 
 def _option_record(task: VisionTask, probs: torch.Tensor) -> dict[str, Any]:
@@ -158,4 +169,10 @@ def task_metrics(
     refs = [refs[i] for i in keep]
     if task.type == "caption":
         return {"bleu": bleu(preds, refs), **rouge(preds, refs), "cider": cider(preds, refs)}
-    return {"vqa_accuracy": vqa_accuracy(preds, refs), "exact_match": exact_match(preds, refs)}
+    metrics = {"exact_match": exact_match(preds, refs)}
+    # The VQA formula credits min(#annotators who gave the answer / 3, 1): with a single
+    # reference answer (easy-VQA, most custom sets) a right answer scores 1/3, which
+    # reads as a wrong model. It is reported only where references are annotator sets.
+    if all(len(r) >= MIN_VQA_ANNOTATORS for r in refs):
+        metrics["vqa_accuracy"] = vqa_accuracy(preds, refs)
+    return metrics
