@@ -136,3 +136,12 @@ def test_reference_lists_every_contract_key():
         "training.seed",
     ):
         assert f"`{key}`" in table, key
+
+
+def test_yaml_off_means_feature_cache_off(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model: {name_or_path: gpt2}\ndata: {train_path: x.jsonl, feature_cache: off}\n"
+    )
+    assert load_config(path).data.feature_cache == "off"
+    assert load_config(path, ["data.feature_cache=off"]).data.feature_cache == "off"

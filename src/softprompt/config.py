@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
 
@@ -110,6 +110,12 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(
         None, description="Disk feature cache directory (default: <output_dir>/feature_cache)."
     )
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _yaml_off_is_false(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (in a file or a key=value override) as False.
+        return "off" if value is False else value
 
 
 class TaskConfig(_Section):
