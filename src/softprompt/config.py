@@ -148,9 +148,18 @@ class TrainingConfig(_Section):
     max_steps: int | None = Field(
         None, ge=1, description="Optimizer steps; overrides epochs when set."
     )
-    batch_size: int = Field(8, ge=1, description="Examples per batch, per process.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Examples per batch on each process (like HF's per_device_train_batch_size). "
+        "An optimizer step takes batch_size x processes x gradient_accumulation_steps examples "
+        "(the first log line says how many); keep that product to get the same training, or to "
+        "resume exactly, under another process count.",
+    )
     eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Batches each process accumulates per optimizer step."
+    )
     learning_rate: float = Field(3e-2, gt=0, description="Peak learning rate.")
     projection_learning_rate: float | None = Field(
         None,

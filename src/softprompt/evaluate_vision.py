@@ -15,7 +15,7 @@ from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.vision_base import VisionLanguageBackbone, move_batch
 from softprompt.data.batching import epoch_batches
 from softprompt.data.records import VisionExample
-from softprompt.evaluate import expand_prompt
+from softprompt.evaluate import WHOLE_SET, EvalShard, expand_prompt
 from softprompt.metrics import (
     bleu,
     cider,
@@ -68,8 +68,11 @@ def evaluate_vision(
     with_loss: bool = True,
     progress: bool = False,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    shard: EvalShard = WHOLE_SET,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score a prompt (or none: zero-shot) on image examples.
+
+    With a `shard`, this process scores its part and metrics and records cover every part.
 
     Returns:
         (metrics, records). Metrics: `loss`, `perplexity` and, with `predict`, the task's
@@ -82,11 +85,14 @@ def evaluate_vision(
     model.eval()
     device = next(model.parameters()).device
     prepared = task.prepare(examples)
-    batches = epoch_batches(_lengths(prepared), batch_size, seed=0, epoch=0, shuffle=False)
+    positions = shard.positions(len(examples))
+    lengths = _lengths([prepared[i] for i in positions])
+    batches = epoch_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False)
     options = task.options()
     total_loss, total_tokens = 0.0, 0
-    records: list[dict[str, Any] | None] = [None] * len(examples)
-    for indices in tqdm(batches, desc="eval", disable=not progress, leave=False):
+    scored: dict[int, dict[str, Any]] = {}
+    for local_indices in tqdm(batches, desc="eval", disable=not progress, leave=False):
+        indices = [positions[i] for i in local_indices]
         chunk = [prepared[i] for i in indices]
         with autocast():
             labelled = [e for e in chunk if e.target is not None]
@@ -113,15 +119,16 @@ def evaluate_vision(
                 record["question"] = raw.text
             record.update(output)
             record.update(_gold(task, raw))
-            records[i] = record
+            scored[i] = record
     model.train(was_training)
+    total_loss, total_tokens, scored = shard.join(total_loss, total_tokens, scored)
     mean_loss = total_loss / total_tokens if total_tokens else math.nan
     metrics: dict[str, Any] = {
         "loss": mean_loss,
         "perplexity": perplexity(mean_loss),
         "num_samples": len(examples),
     }
-    done = [r for r in records if r is not None]
+    done = [scored[i] for i in sorted(scored)]
     if predict and done:
         metrics.update(task_metrics(task, examples, done))
     return metrics, done

@@ -46,3 +46,28 @@ def epoch_batches(
         perm = torch.randperm(len(batches), generator=generator).tolist()
         batches = [batches[i] for i in perm]
     return batches
+
+
+def split_step(step: list[int], parts: int) -> list[list[int]]:
+    """Cut one optimizer step's examples into `parts` contiguous chunks of near-equal size.
+
+    A full step of `parts * b` examples gives chunks of exactly `b`; a short last step
+    gives chunks that differ by at most one example (some may be empty). Chunks are
+    contiguous because a length-bucketed step is sorted by length: neighbours pad alike.
+    """
+    n = len(step)
+    return [step[i * n // parts : (i + 1) * n // parts] for i in range(parts)]
+
+
+def position_in_epoch(batches: list[list[int]], samples_done: int) -> int:
+    """Index of the first batch not yet seen once `samples_done` examples of the epoch were.
+
+    When the batches are those the position was recorded with, this is exact; when the
+    batch size changed it is the first batch that ends at or after that many examples.
+    """
+    seen = 0
+    for index, batch in enumerate(batches):
+        if seen >= samples_done:
+            return index
+        seen += len(batch)
+    return len(batches)

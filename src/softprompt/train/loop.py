@@ -1,12 +1,15 @@
 """The training loop: one explicit function, no hooks.
 
-Only the soft prompt trains. Each optimizer step consumes `gradient_accumulation_steps`
-batches; their loss is normalised by the label tokens of the whole step, so
-accumulating k batches of size b gives the same update as one batch of size k*b.
+Only the soft prompt (and a backbone's small trainable extras) trains. An optimizer
+step consumes `batch_size x processes x gradient_accumulation_steps` examples; their
+loss is normalised by the label tokens of the whole step, over all processes, so the
+update depends only on that number: k accumulated batches of b, k processes with
+batches of b, and one batch of k*b all give the same prompt (up to float rounding).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,16 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from softprompt.backbones.base import Backbone, input_lengths
 from softprompt.backbones.vision_base import move_batch
 from softprompt.config import ConfigError, RunConfig, save_config
-from softprompt.data.batching import epoch_batches
-from softprompt.evaluate import evaluate
+from softprompt.data.batching import epoch_batches, position_in_epoch
+from softprompt.evaluate import EvalShard, evaluate
 from softprompt.evaluate_vision import evaluate_vision
 from softprompt.runtime import (
     backbone_from_config,
@@ -44,8 +46,10 @@ from softprompt.train.checkpoint import (
     find_latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    rng_state,
     save_checkpoint,
 )
+from softprompt.train.parallel import TrainableParts, global_sum, make_accelerator, micro_batches
 from softprompt.tuners.prompt_tuning.io import fingerprint, load_prompt, save_prompt
 from softprompt.tuners.prompt_tuning.model import SoftPrompt, count_parameters, log_parameter_counts
 from softprompt.tuners.splice import IGNORE_INDEX
@@ -142,8 +146,9 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
             "(enable the soft prompt)"
         )
     run_dir = Path(t.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no")
+    accelerator = make_accelerator(t)
     main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -199,17 +204,28 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         )
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
     trainable_params = [p for g in groups for p in g["params"]]
-    batches_per_epoch = math.ceil(len(train_examples) / t.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / t.gradient_accumulation_steps)
+    ga = t.gradient_accumulation_steps
+    examples_per_step = t.batch_size * world * ga
+    steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    logger.info(
+        "Training: %d process(es) x batch_size %d x gradient_accumulation_steps %d = "
+        "%d examples per optimizer step; %d steps",
+        world,
+        t.batch_size,
+        ga,
+        examples_per_step,
+        total_steps,
+    )
     scheduler = get_scheduler(
         t.lr_scheduler,
         optimizer,
         num_warmup_steps=t.warmup_steps,
         num_training_steps=total_steps,
     )
-    prompt, optimizer = accelerator.prepare(prompt, optimizer)
-    raw_prompt: SoftPrompt = accelerator.unwrap_model(prompt)
+    # The scheduler is not prepared: accelerate would step it once per process.
+    parts, optimizer = accelerator.prepare(TrainableParts(backbone, prompt, extras), optimizer)
+    raw_prompt: SoftPrompt = accelerator.unwrap_model(parts).prompt
 
     state = TrainState()
     if resume:
@@ -220,8 +236,21 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                 raw_prompt.embedding.weight.copy_(loaded.weight)
             if loaded.extra:
                 backbone.load_saved_state(loaded.extra)
-            state = load_checkpoint(path, optimizer, scheduler)
+            state = load_checkpoint(
+                path, optimizer, scheduler, process_index=rank, batch_size=t.batch_size
+            )
             logger.info("Resumed from %s at step %d", path, state.global_step)
+            if state.samples_in_epoch and state.examples_per_step != examples_per_step:
+                logger.warning(
+                    "The checkpoint was written with %d examples per optimizer step, this run "
+                    "takes %d: the rest of epoch %d follows a new order (a few examples may be "
+                    "repeated or skipped). Keep batch_size x processes x "
+                    "gradient_accumulation_steps equal to resume exactly.",
+                    state.examples_per_step,
+                    examples_per_step,
+                    state.epoch,
+                )
+    state.examples_per_step = examples_per_step
 
     metric_name = t.metric_for_best_model
     greater = t.greater_is_better
@@ -231,6 +260,8 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
 
     def write_prompt(directory: Path) -> None:
         _write_prompt_dir(directory, raw_prompt.embedding.weight, backbone, config, fp, task_info)
+
+    shard = EvalShard(rank, world, gather_object)
 
     def evaluate_split(examples, weight: torch.Tensor, predict: bool) -> dict[str, Any]:
         batch_size = t.eval_batch_size or t.batch_size
@@ -245,6 +276,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                 predict=predict or task.options() is not None,
                 progress=progress and main,
                 autocast=accelerator.autocast,
+                shard=shard,
             )[0]
         return evaluate(
             backbone,
@@ -256,13 +288,18 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
             generate=predict,
             progress=progress and main,
             autocast=accelerator.autocast,
+            shard=shard,
         )[0]
 
-    def checkpoint() -> None:
+    def checkpoint(interrupted: bool = False) -> None:
+        # After an interrupt the processes may stand at different points, where a
+        # collective call could hang: the main process then saves alone.
+        rng_states = [rng_state()] if interrupted else gather_object([rng_state()])
         if main:
-            save_checkpoint(run_dir, state, write_prompt, optimizer, scheduler)
+            save_checkpoint(run_dir, state, write_prompt, optimizer, scheduler, rng_states)
             prune_checkpoints(run_dir, t.save_total_limit)
-        accelerator.wait_for_everyone()
+        if not interrupted:
+            accelerator.wait_for_everyone()
 
     def run_eval(epoch_float: float) -> bool:
         """Evaluate, update best/; returns True when early stopping triggers."""
@@ -291,8 +328,37 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         patience = t.early_stopping_patience
         return patience is not None and state.bad_evals >= patience
 
-    ga = t.gradient_accumulation_steps
     device = accelerator.device
+
+    def backward_step(step: list[int]) -> tuple[float, int]:
+        """Forward and backward of this process's part of one optimizer step.
+
+        Returns:
+            (summed loss of this process's examples, label tokens of the whole step).
+        """
+        micro = []
+        for idx in micro_batches(step, rank, world, ga):
+            # An empty share still runs (on the step's first example, weight 0): every
+            # process must take part in the gradient synchronisation of the last pass.
+            chunk = [train_examples[i] for i in (idx or step[:1])]
+            batch = backbone.collate(chunk, settings, with_targets=True)
+            micro.append((move_batch(batch, device), 1.0 if idx else 0.0))
+        own_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b, w in micro if w)
+        step_tokens = int(global_sum(accelerator, own_tokens))
+        # DDP averages gradients over processes; scaling by their number makes that
+        # average the gradient of (everyone's summed loss) / (the whole step's label
+        # tokens), the same update one process would make on the whole step.
+        scale = world / max(step_tokens, 1)
+        loss_total = 0.0
+        for i, (batch, weight) in enumerate(micro):
+            last = i == len(micro) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(parts):
+                with accelerator.autocast():
+                    loss_sum, _ = parts(batch)
+                accelerator.backward(loss_sum * (weight * scale))
+            loss_total += weight * float(loss_sum.detach())
+        return loss_total, step_tokens
+
     bar = tqdm(
         total=total_steps, initial=state.global_step, desc="train", disable=not (progress and main)
     )
@@ -300,46 +366,35 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     samples_done, window_loss, window_tokens = 0, 0.0, 0
     stop = False
     last_saved = state.global_step if resume else -1
+    n_train = len(train_examples)
     try:
         while state.global_step < total_steps and not stop:
-            batches = epoch_batches(
-                lengths, t.batch_size, t.seed, state.epoch, group_by_length=t.group_by_length
+            steps = epoch_batches(
+                lengths, examples_per_step, t.seed, state.epoch, group_by_length=t.group_by_length
             )
-            while state.batch_in_epoch < len(batches) and state.global_step < total_steps:
-                group = batches[state.batch_in_epoch : state.batch_in_epoch + ga]
-                micro = [
-                    move_batch(
-                        backbone.collate(
-                            [train_examples[i] for i in idx], settings, with_targets=True
-                        ),
-                        device,
-                    )
-                    for idx in group
-                ]
-                step_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
-                for b in micro:
-                    with accelerator.autocast():
-                        loss_sum, _ = backbone.loss_sum(b, prompt(b["input_ids"].shape[0]))
-                    accelerator.backward(loss_sum / max(step_tokens, 1))
-                    window_loss += float(loss_sum.detach())
+            for step in steps[position_in_epoch(steps, state.samples_in_epoch) :]:
+                if state.global_step >= total_steps:
+                    break
+                loss_total, step_tokens = backward_step(step)
                 if t.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(trainable_params, t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                window_loss += loss_total
                 window_tokens += step_tokens
-                samples_done += sum(len(idx) for idx in group)
+                samples_done += len(step)
                 state.global_step += 1
-                state.batch_in_epoch += len(group)
+                state.samples_in_epoch += len(step)
                 bar.update(1)
-                epoch_float = state.epoch + state.batch_in_epoch / len(batches)
+                epoch_float = state.epoch + state.samples_in_epoch / n_train
                 if state.global_step % t.logging_steps == 0 or state.global_step == total_steps:
                     elapsed = time.perf_counter() - started
                     record = {
                         "event": "train",
                         "step": state.global_step,
                         "epoch": round(epoch_float, 4),
-                        "loss": window_loss / max(window_tokens, 1),
+                        "loss": global_sum(accelerator, window_loss) / max(window_tokens, 1),
                         "learning_rate": scheduler.get_last_lr()[0],
                         "samples_per_second": samples_done / max(elapsed, 1e-9),
                     }
@@ -347,7 +402,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                     logger.debug("train %s", _fmt(record))
                     window_loss, window_tokens = 0.0, 0
-                epoch_end = state.batch_in_epoch >= len(batches)
+                epoch_end = state.samples_in_epoch >= n_train
                 due_eval = (
                     state.global_step % t.eval_steps == 0 if t.eval_steps else epoch_end
                 ) or state.global_step == total_steps
@@ -365,12 +420,12 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                         state.bad_evals,
                     )
                     break
-            if state.batch_in_epoch >= len(batches):
+            if state.samples_in_epoch >= n_train:
                 state.epoch += 1
-                state.batch_in_epoch = 0
+                state.samples_in_epoch = 0
     except KeyboardInterrupt:
         logger.warning("Interrupted: saving checkpoint-%d before exiting", state.global_step)
-        checkpoint()
+        checkpoint(interrupted=True)
         raise
     finally:
         bar.close()
@@ -379,10 +434,11 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         checkpoint()
     if main and not (run_dir / "best").exists():
         _replace_dir_atomically(run_dir / "best", write_prompt)
+    accelerator.wait_for_everyone()  # best/ is complete before any process reads it
 
     results: dict[str, Any] = {
         "global_step": state.global_step,
-        "epoch": state.epoch + (state.batch_in_epoch / batches_per_epoch),
+        "epoch": state.epoch + state.samples_in_epoch / n_train,
         "metric_for_best_model": metric_name,
         "best_metric": state.best_metric,
         "best_step": state.best_step,
@@ -401,7 +457,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     test_examples = (
         load_split(config, "test") if config.data.test_path or _has_builtin_test(config) else []
     )
-    if test_examples and main:
+    if test_examples:
         best_dir = load_prompt(run_dir / "best")
         if best_dir.extra:
             backbone.load_saved_state(best_dir.extra)

@@ -1,0 +1,133 @@
+"""Data-parallel training: what each process trains on and how their gradients agree.
+
+The loop runs unchanged in one process or in many started by `accelerate launch`.
+Every process builds the same epoch order of optimizer steps (`batch_size x processes
+x gradient_accumulation_steps` examples each) and trains on its own slice of every
+step; only the trainable parts (soft prompt and backbone extras such as a VLM's
+projection) are wrapped for gradient averaging. The frozen backbone stays a plain
+replica on every device: it has no gradients to synchronise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import GradientAccumulationPlugin, get_int_from_env
+from torch import nn
+
+from softprompt.backbones.base import Backbone
+from softprompt.config import ConfigError, TrainingConfig
+from softprompt.data.batching import split_step
+from softprompt.tuners.prompt_tuning.model import SoftPrompt
+
+logger = logging.getLogger("softprompt")
+
+# Sharding strategies that would need the frozen backbone itself sharded (evaluation,
+# generation and saving included); the loop keeps a whole replica per device instead.
+UNSUPPORTED = {
+    DistributedType.FSDP: "FSDP",
+    DistributedType.DEEPSPEED: "DeepSpeed",
+    DistributedType.MEGATRON_LM: "Megatron-LM",
+}
+
+
+def _launched_processes() -> int:
+    # The variables torchrun and the MPI launchers set (accelerate reads the same ones).
+    names = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"]
+    return get_int_from_env(names, 1)
+
+
+def _has_device() -> bool:
+    probe = getattr(torch, "accelerator", None)  # torch >= 2.6 knows every device type
+    return probe.is_available() if probe is not None else torch.cuda.is_available()
+
+
+def make_accelerator(t: TrainingConfig) -> Accelerator:
+    """The run's Accelerator, refusing set-ups the loop would not train correctly.
+
+    Raises:
+        ConfigError: an FSDP/DeepSpeed/Megatron launch, or processes that did not join
+            one group (each would train alone and overwrite the others' files).
+    """
+    launched = _launched_processes()
+    if os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1") != "1":
+        logger.warning(
+            "accelerate's gradient_accumulation_steps is ignored; "
+            "set training.gradient_accumulation_steps instead"
+        )
+    accelerator = Accelerator(
+        mixed_precision="bf16" if t.bf16 else "no",
+        # Passed explicitly so an accelerate config cannot change it: the loop
+        # accumulates itself and normalises the loss by the step's tokens.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
+        # accelerate runs several processes on CPU (gloo) only when told to; without
+        # any GPU that is the only way they can work together.
+        cpu=launched > 1 and not _has_device(),
+    )
+    name = UNSUPPORTED.get(accelerator.distributed_type)
+    if name is not None:
+        raise ConfigError(
+            f"{name} is not supported: the loop keeps a whole frozen backbone on every "
+            "device and trains only small parts, for which plain data parallelism (DDP) "
+            "is what fits; launch with configs/accelerate/ddp.yaml (see the README's "
+            "'Multi-process training')"
+        )
+    if accelerator.num_processes != launched:
+        raise ConfigError(
+            f"launched as {launched} processes but they did not form one group "
+            f"(accelerate sees {accelerator.num_processes}, {accelerator.distributed_type}); "
+            "use one of the configs in configs/accelerate/"
+        )
+    return accelerator
+
+
+class TrainableParts(nn.Module):
+    """Everything that trains, as one module whose forward is the training loss.
+
+    Gradient averaging (DDP) hooks into the module that is called, so the loss must be
+    computed through it: the prompt and the backbone's trainable extras are its
+    submodules; the frozen backbone is only referenced, never registered (it needs
+    no synchronising and would otherwise be broadcast at start-up).
+
+    Args:
+        backbone: the frozen model the prompt is trained for.
+        prompt: the soft prompt.
+        extras: the backbone's trainable modules (`backbone.trainable_modules()`).
+    """
+
+    def __init__(
+        self, backbone: Backbone, prompt: SoftPrompt, extras: dict[str, nn.Module]
+    ) -> None:
+        super().__init__()
+        self.prompt = prompt
+        self.extras = nn.ModuleDict(extras)
+        self._backbone = backbone  # a plain object: not registered as a submodule
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed label-token cross-entropy of the batch and its label-token count."""
+        return self._backbone.loss_sum(batch, self.prompt(batch["input_ids"].shape[0]))
+
+
+def micro_batches(
+    step: list[int], process_index: int, num_processes: int, accumulation: int
+) -> list[list[int]]:
+    """This process's `accumulation` micro-batches of one optimizer step.
+
+    The step is cut into `accumulation x num_processes` chunks; round r gives process p
+    chunk `r * num_processes + p`. A short last step can leave a chunk empty: every
+    process must still run as many backward passes as the others (the last one
+    synchronises gradients), so the caller runs an empty one as a zero-weighted pass.
+    """
+    chunks = split_step(step, accumulation * num_processes)
+    return [chunks[r * num_processes + process_index] for r in range(accumulation)]
+
+
+def global_sum(accelerator: Accelerator, value: float) -> float:
+    """`value` summed over all processes (itself with one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    total = torch.tensor(value, dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(total, reduction="sum"))
