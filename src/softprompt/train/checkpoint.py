@@ -3,7 +3,12 @@
 A checkpoint is first written to a hidden temporary directory and then renamed into
 place, so a run killed at any moment leaves either a complete `checkpoint-STEP/` or
 none. `trainer_state.json` is written last and carries checksums of the other files;
-a directory without it, or whose files do not match, is never resumed from.
+a directory without it, or whose files do not match, is never resumed from. Old
+checkpoints are renamed to a hidden name before they are deleted, so a half-deleted
+one never looks like a checkpoint either.
+
+Nothing here unpickles: weights and optimizer/scheduler state are safetensors files,
+the rest is JSON.
 """
 
 from __future__ import annotations
@@ -13,18 +18,28 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from softprompt.tuners.prompt_tuning.io import sha256_file
+from softprompt.paths import UnsafeNameError, check_name, is_inside
+from softprompt.train.state_files import StateFileError, load_state, save_state
+from softprompt.tuners.prompt_tuning.io import WEIGHTS_FILE, sha256_file
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+OPTIMIZER_FILE = "optimizer.safetensors"
+SCHEDULER_FILE = "scheduler.safetensors"
+RNG_FILES = ("rng_state.safetensors", "rng_state.json")
+# Every complete checkpoint lists at least these in its checksums.
+REQUIRED_FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, *RNG_FILES)
+# Hidden names: written (tmp) or being deleted (old); never taken for checkpoints.
+_TMP_PREFIX, _OLD_PREFIX = ".tmp-checkpoint-", ".old-checkpoint-"
 
 
 class CheckpointError(ValueError):
@@ -68,10 +83,52 @@ def _restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_files(path: Path) -> None:
     for file in path.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename durable across a power cut, not only a killed process.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_hidden(path: Path, prefix: str) -> None:
+    """Rename `path` to a hidden name, then delete it: never a half-deleted checkpoint."""
+    hidden = path.parent / f"{prefix}{path.name}-{os.getpid()}"
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete hidden checkpoint directories left behind by processes that were killed."""
+    for child in run_dir.iterdir():
+        if not child.name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
+            continue
+        pid = child.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -86,24 +143,27 @@ def save_checkpoint(
     Args:
         write_prompt: callable(directory) writing the prompt files (PEFT format + meta).
     """
+    remove_stale_temporaries(run_dir)
     final = run_dir / f"checkpoint-{state.global_step}"
-    tmp = run_dir / f".tmp-checkpoint-{state.global_step}-{os.getpid()}"
+    tmp = run_dir / f"{_TMP_PREFIX}{state.global_step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     write_prompt(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    save_state(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    save_state(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     rng_tensors, rng_info = _rng_state()
-    save_file(rng_tensors, str(tmp / "rng_state.safetensors"))
-    (tmp / "rng_state.json").write_text(json.dumps(rng_info), encoding="utf-8")
+    save_file(rng_tensors, str(tmp / RNG_FILES[0]))
+    (tmp / RNG_FILES[1]).write_text(json.dumps(rng_info), encoding="utf-8")
     checksums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
     payload = {**asdict(state), "files": checksums}
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    _fsync_dir(tmp)
+    _fsync_files(tmp)
     if final.exists():
-        shutil.rmtree(final)
+        # Re-saving a step (e.g. Ctrl-C right after a resume): the old copy goes hidden first.
+        _remove_hidden(final, _OLD_PREFIX)
     os.replace(tmp, final)
+    _fsync_dir(run_dir)
     return final
 
 
@@ -116,9 +176,20 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is incomplete (no {STATE_FILE}); it was interrupted")
     try:
         payload = json.loads(state_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{state_path}: damaged ({err})") from None
-    for name, digest in payload.get("files", {}).items():
+    files = payload.get("files") if isinstance(payload, dict) else None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{state_path}: damaged (no checksums of the checkpoint's files)")
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing and "optimizer.pt" not in files:  # checkpoints from before safetensors state
+        raise CheckpointError(f"{state_path}: damaged (no checksum for {', '.join(missing)})")
+    for name, digest in files.items():
+        try:
+            if len(check_name(name, "checkpoint file name")) != 1:
+                raise UnsafeNameError(f"checkpoint file name {name!r} is not a plain file name")
+        except UnsafeNameError as err:
+            raise CheckpointError(f"{state_path}: damaged ({err})") from None
         file = path / name
         if not file.is_file() or sha256_file(file) != digest:
             raise CheckpointError(f"{file}: missing or does not match its checksum")
@@ -126,13 +197,17 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def find_latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint in a run directory (damaged ones are skipped)."""
+    """The newest complete checkpoint in a run directory.
+
+    Damaged or half-written ones are skipped, and so are `checkpoint-N` symlinks that
+    lead outside the run directory.
+    """
     if not run_dir.is_dir():
         return None
     steps = []
     for child in run_dir.iterdir():
         match = CHECKPOINT_RE.match(child.name)
-        if match:
+        if match and is_inside(run_dir, child):
             steps.append((int(match.group(1)), child))
     for _, path in sorted(steps, reverse=True):
         try:
@@ -143,15 +218,38 @@ def find_latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def _load_state_file(path: Path, name: str) -> dict[str, Any]:
+    try:
+        if (path / name).is_file():
+            return load_state(path / name)
+        # Checkpoints written before state files were safetensors; never a full unpickle.
+        legacy = path / name.replace(".safetensors", ".pt")
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    except (StateFileError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read {name} ({err})") from None
+
+
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> TrainState:
     """Restore optimizer, scheduler and RNG; return the loop state (prompt loads apart)."""
     payload = validate_checkpoint(path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_info = json.loads((path / "rng_state.json").read_text(encoding="utf-8"))
-    _restore_rng(load_file(str(path / "rng_state.safetensors")), rng_info)
-    payload.pop("files", None)
-    return TrainState(**payload)
+    optimizer_state = _load_state_file(path, OPTIMIZER_FILE)
+    scheduler_state = _load_state_file(path, SCHEDULER_FILE)
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        rng_info = json.loads((path / RNG_FILES[1]).read_text(encoding="utf-8"))
+        _restore_rng(load_file(str(path / RNG_FILES[0])), rng_info)
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        raise CheckpointError(
+            f"{path}: does not fit this run ({type(err).__name__}: {err}); was it written "
+            "with a different config?"
+        ) from None
+    known = {f.name for f in fields(TrainState)}
+    state = TrainState(**{k: v for k, v in payload.items() if k in known})
+    counters = (state.global_step, state.epoch, state.batch_in_epoch, state.bad_evals)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counters):
+        raise CheckpointError(f"{path / STATE_FILE}: damaged (step counters are not counts)")
+    return state
 
 
 def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
@@ -164,4 +262,4 @@ def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
         if (m := CHECKPOINT_RE.match(child.name))
     )
     for _, path in found[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_hidden(path, _OLD_PREFIX)
