@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # what shells report for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -217,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        # Training has saved a checkpoint by now (see train.loop); no traceback for Ctrl-C.
+    except KeyboardInterrupt as stopped:
+        # Training has saved a checkpoint by now (see train/interrupt.py); no traceback.
+        # 128 + the signal number is what shells report for it (130 for Ctrl-C).
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + int(getattr(stopped, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

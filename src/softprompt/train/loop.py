@@ -46,6 +46,7 @@ from softprompt.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from softprompt.train.interrupt import DeferredInterrupt, StopRequested
 from softprompt.tuners.prompt_tuning.io import fingerprint, load_prompt, save_prompt
 from softprompt.tuners.prompt_tuning.model import SoftPrompt, count_parameters, log_parameter_counts
 from softprompt.tuners.splice import IGNORE_INDEX
@@ -300,6 +301,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     samples_done, window_loss, window_tokens = 0, 0.0, 0
     stop = False
     last_saved = state.global_step if resume else -1
+    interrupt = DeferredInterrupt().install()
     try:
         while state.global_step < total_steps and not stop:
             batches = epoch_batches(
@@ -365,14 +367,18 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                         state.bad_evals,
                     )
                     break
+                interrupt.raise_if_requested()
             if state.batch_in_epoch >= len(batches):
                 state.epoch += 1
                 state.batch_in_epoch = 0
-    except KeyboardInterrupt:
-        logger.warning("Interrupted: saving checkpoint-%d before exiting", state.global_step)
-        checkpoint()
+    except KeyboardInterrupt as stopped:
+        # Only a stop at a step boundary has a state that resumes exactly (see interrupt.py).
+        if isinstance(stopped, StopRequested):
+            logger.warning("Interrupted: saving checkpoint-%d before exiting", state.global_step)
+            checkpoint()
         raise
     finally:
+        interrupt.uninstall()
         bar.close()
     train_runtime = time.perf_counter() - started
     if last_saved != state.global_step:
