@@ -252,6 +252,20 @@ def test_leftovers_of_killed_writers_are_cleaned_and_never_loaded(run_dir):
     ]
 
 
+def test_a_best_dir_set_aside_by_a_killed_run_is_put_back(run_dir):
+    dead = 999999999
+    shutil.copytree(run_dir / "checkpoint-2", run_dir / f".old-best-{dead}")
+    shutil.copytree(run_dir / "checkpoint-2", run_dir / f".tmp-best-{dead}")
+    shutil.copytree(run_dir / "checkpoint-2", run_dir / f".del-checkpoint-1-{dead}")
+    _, optimizer, scheduler = trained_optimizer()
+    write_checkpoint(run_dir, 6, optimizer, scheduler)
+    assert (run_dir / "best" / STATE_FILE).is_file()  # the replacement never came: restored
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+    shutil.copytree(run_dir / "checkpoint-2", run_dir / f".old-best-{dead}")
+    write_checkpoint(run_dir, 8, optimizer, scheduler)
+    assert not (run_dir / f".old-best-{dead}").exists()  # best/ is there: the old one goes
+
+
 def test_resaving_a_step_replaces_it_atomically(run_dir):
     _, optimizer, scheduler = trained_optimizer()
     write_checkpoint(run_dir, 4, optimizer, scheduler)

@@ -14,6 +14,7 @@ the rest is JSON.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -38,8 +39,12 @@ SCHEDULER_FILE = "scheduler.safetensors"
 RNG_FILES = ("rng_state.safetensors", "rng_state.json")
 # Every complete checkpoint lists at least these in its checksums.
 REQUIRED_FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, *RNG_FILES)
-# Hidden names: written (tmp) or being deleted (old); never taken for checkpoints.
-_TMP_PREFIX, _OLD_PREFIX = ".tmp-checkpoint-", ".old-checkpoint-"
+# Hidden directory names `PREFIX + NAME + "-" + PID`, never taken for checkpoints: being
+# written, being deleted, or the previous NAME set aside while it is replaced (the
+# loop replaces best/ that way).
+_WRITING, _DELETING, _SET_ASIDE = ".tmp-", ".del-", ".old-"
+
+logger = logging.getLogger("softprompt")
 
 
 class CheckpointError(ValueError):
@@ -103,9 +108,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_hidden(path: Path, prefix: str) -> None:
+def _remove_hidden(path: Path) -> None:
     """Rename `path` to a hidden name, then delete it: never a half-deleted checkpoint."""
-    hidden = path.parent / f"{prefix}{path.name}-{os.getpid()}"
+    hidden = path.parent / f"{_DELETING}{path.name}-{os.getpid()}"
     shutil.rmtree(hidden, ignore_errors=True)
     os.replace(path, hidden)
     shutil.rmtree(hidden, ignore_errors=True)
@@ -122,12 +127,23 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete hidden checkpoint directories left behind by processes that were killed."""
-    for child in run_dir.iterdir():
-        if not child.name.startswith((_TMP_PREFIX, _OLD_PREFIX)):
+    """Tidy what processes killed mid-write left behind in a run directory.
+
+    `.tmp-NAME-PID` (never finished) and `.del-NAME-PID` (half deleted) are deleted.
+    `.old-NAME-PID` is the previous `NAME` (e.g. `best/`) set aside during a replacement:
+    put back if the replacement never arrived, else deleted. Directories of live
+    processes are left alone.
+    """
+    prefixes = (_WRITING, _DELETING, _SET_ASIDE)
+    for child in sorted(run_dir.iterdir()):
+        prefix = next((p for p in prefixes if child.name.startswith(p)), None)
+        name, _, pid = child.name.removeprefix(prefix or "").rpartition("-")
+        if prefix is None or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
             continue
-        pid = child.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        original = run_dir / name
+        if prefix == _SET_ASIDE and name and not original.exists():
+            os.replace(child, original)
+        else:
             shutil.rmtree(child, ignore_errors=True)
 
 
@@ -145,7 +161,7 @@ def save_checkpoint(
     """
     remove_stale_temporaries(run_dir)
     final = run_dir / f"checkpoint-{state.global_step}"
-    tmp = run_dir / f"{_TMP_PREFIX}{state.global_step}-{os.getpid()}"
+    tmp = run_dir / f"{_WRITING}checkpoint-{state.global_step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -161,7 +177,7 @@ def save_checkpoint(
     _fsync_files(tmp)
     if final.exists():
         # Re-saving a step (e.g. Ctrl-C right after a resume): the old copy goes hidden first.
-        _remove_hidden(final, _OLD_PREFIX)
+        _remove_hidden(final)
     os.replace(tmp, final)
     _fsync_dir(run_dir)
     return final
@@ -213,8 +229,8 @@ def find_latest_checkpoint(run_dir: Path) -> Path | None:
         try:
             validate_checkpoint(path)
             return path
-        except CheckpointError:
-            continue
+        except CheckpointError as err:
+            logger.warning("Skipping %s: %s", path.name, err)
     return None
 
 
@@ -262,4 +278,4 @@ def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
         if (m := CHECKPOINT_RE.match(child.name))
     )
     for _, path in found[:-keep]:
-        _remove_hidden(path, _OLD_PREFIX)
+        _remove_hidden(path)
