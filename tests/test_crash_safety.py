@@ -220,3 +220,18 @@ def test_sigterm_and_ctrl_c_wait_for_the_step_boundary():
     finally:
         interrupt.uninstall()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_damaged_checkpoints_through_the_cli(tiny_models, data, tmp_path, capsys, caplog):
+    config = write_config(tmp_path, tiny_models["gpt2"], data)
+    short = ["training.max_steps=4", "training.save_steps=2", "--no-progress"]
+    assert main(["train", str(config), *short]) == 0
+    run = tmp_path / "run"
+    (run / "checkpoint-4" / "rng_state.json").write_text("{}")  # damaged after saving
+    capsys.readouterr()
+    assert main(["train", str(config), *short, "--resume", str(run / "checkpoint-4")]) == 2
+    err = capsys.readouterr().err
+    assert "does not match its checksum" in err and "Traceback" not in err
+    assert main(["train", str(config), *short, "--resume", "auto"]) == 0
+    assert "Skipping checkpoint-4" in caplog.text and "Resumed from" in caplog.text
+    assert validate_checkpoint(run / "checkpoint-4")["global_step"] == 4  # written afresh
