@@ -122,7 +122,7 @@ def test_incomplete_and_damaged_checkpoints_are_skipped(tiny_models, toy_data, t
     # One whose files changed after writing fails its checksum.
     damaged = out / "checkpoint-20"
     shutil.copytree(latest, damaged)
-    (damaged / "optimizer.pt").write_bytes(b"garbage")
+    (damaged / "optimizer.safetensors").write_bytes(b"garbage")
     assert find_latest_checkpoint(out) == latest
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -81,7 +82,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     results = run_evaluation(
         config,
-        prompt_dir=args.prompt,
+        prompt_dir=_prompt_path(args),
         model=args.model,
         splits=(args.split,) if args.split else ("val", "test"),
         predict=not args.loss_only,
@@ -99,11 +100,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_path(args: argparse.Namespace) -> str | None:
+    """--prompt is a directory path, or with --prompts-dir a name resolved safely under it."""
+    if args.prompt is None or args.prompts_dir is None:
+        return args.prompt
+    from softprompt.paths import resolve_prompt_name
+
+    return str(resolve_prompt_name(args.prompts_dir, args.prompt))
+
+
 def _is_image_prompt(prompt_dir: str | None) -> bool:
     meta = Path(prompt_dir or "") / "softprompt.json"
-    if not meta.is_file():
-        return False
-    return "vision_task" in json.loads(meta.read_text(encoding="utf-8")).get("task", {})
+    try:
+        task = json.loads(meta.read_text(encoding="utf-8")).get("task", {})
+    except (OSError, ValueError, AttributeError):
+        return False  # not there or damaged: loading the prompt reports it properly
+    return isinstance(task, dict) and "vision_task" in task
 
 
 def _cmd_predict_images(args: argparse.Namespace) -> int:
@@ -131,6 +143,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from softprompt.data.records import TextExample
     from softprompt.predict import Predictor, read_inputs, write_records
 
+    args.prompt = _prompt_path(args)
     if args.image or args.image_dir or _is_image_prompt(args.prompt):
         return _cmd_predict_images(args)
     if args.text is None and args.input is None:
@@ -163,6 +176,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
     return 0
+
+
+def _add_prompts_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prompts-dir",
+        help="folder of prompts; --prompt is then a name inside it (e.g. my_run/best), "
+        "refused if it would lead outside the folder",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prompt", help="prompt directory (RUN/best, RUN/checkpoint-N); none = zero-shot"
     )
+    _add_prompts_dir(p)
     p.add_argument("--model", help="base model, overriding model.name_or_path")
     p.add_argument("--split", choices=["val", "test"], help="only this split")
     p.add_argument("--output", help="write the metrics JSON here")
@@ -210,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict with a saved prompt (text or images)")
     # Seed scripts spell these --model_path / --image_path / --image_dir / --output_file.
     p.add_argument("--prompt", "--model_path", dest="prompt", help="prompt directory")
+    _add_prompts_dir(p)
     p.add_argument("--model", help="base model (default: the one recorded in the prompt)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", action="append", help="input text (repeatable)")
@@ -244,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as stopped:
+        # Training has saved a checkpoint by now (see train/interrupt.py); no traceback.
+        # 128 + the signal number is what shells report for it (130 for Ctrl-C).
+        print("interrupted", file=sys.stderr)
+        return 128 + int(getattr(stopped, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import difflib
+import reprlib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan pass `gt=0` checks and then poison training; refuse them up front.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -172,7 +174,7 @@ class TrainingConfig(_Section):
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="Decay after warm-up."
     )
-    max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null disables.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables.")
     logging_steps: int = Field(10, ge=1, description="Log train loss every N optimizer steps.")
     eval_steps: int | None = Field(
         None, ge=1, description="Evaluate every N optimizer steps; null: at each epoch end."
@@ -198,7 +200,7 @@ class TrainingConfig(_Section):
     group_by_length: bool = Field(True, description="Length-bucketed batches (less padding).")
     bf16: bool = Field(False, description="bfloat16 autocast where the device supports it.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    seed: int = Field(42, description="Seed for init, data order and dropout.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for init, data order and dropout.")
 
 
 class RunConfig(_Section):
@@ -229,12 +231,26 @@ LEGACY_KEYS: dict[str, str] = {
 }
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+# A config is a few levels deep; YAML anchors can make a small file expand into a huge
+# or endless tree ("billion laughs", `&a [*a]`), so flattening stops at these limits.
+MAX_DEPTH = 8
+MAX_KEYS = 2000
+
+
+def _flatten(tree: dict[Any, Any], prefix: str = "", depth: int = 0, count=None) -> dict:
+    count = count if count is not None else [0]
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"config key {prefix.rstrip('.')!r} is nested too deeply")
     flat: dict[str, Any] = {}
     for key, value in tree.items():
+        count[0] += 1
+        if count[0] > MAX_KEYS:
+            raise ConfigError(f"config has more than {MAX_KEYS} keys; is it really a run config?")
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, dotted + "."))
+        # Mapping-valued fields (task.labels) keep their keys as they are: a class folder
+        # may well be called "v1.0".
+        if isinstance(value, dict) and value and dotted not in _FIELD_KEYS:
+            flat.update(_flatten(value, dotted + ".", depth + 1, count))
         else:
             flat[dotted] = value
     return flat
@@ -263,6 +279,18 @@ def _all_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]
     return keys
 
 
+_FIELD_KEYS = frozenset(_all_keys())
+_SECTIONS = {
+    "": RunConfig,
+    "model": ModelConfig,
+    "method": MethodConfig,
+    "method.prompt_tuning": PromptTuningConfig,
+    "data": DataConfig,
+    "task": TaskConfig,
+    "training": TrainingConfig,
+}
+
+
 def _map_legacy(raw: dict[str, Any]) -> dict[str, Any]:
     flat = _flatten(raw)
     out: dict[str, Any] = {}
@@ -285,22 +313,45 @@ def parse_value(text: str) -> Any:
         return text
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 60, 60, 3
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = _SHORT.maxset = 4
+MAX_REPORTED_ERRORS = 8
+
+
+def _printable(text: str) -> str:
+    # One paragraph: a key or message holding a newline or control character is quoted.
+    return text if text.isprintable() else repr(text)
+
+
+def _describe_error(item: Any) -> str:
+    parts = [str(p) for p in item["loc"] if not isinstance(p, int)]
+    loc = _printable(".".join(parts)[:200])
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(loc, _all_keys(), n=1, cutoff=0.5)
+        leaf = loc.rsplit(".", 1)[-1]
+        if not close:
+            close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown key {loc!r}{hint}"
+    got = _SHORT.repr(item.get("input"))
+    section = _SECTIONS.get(".".join(parts))
+    if kind == "model_type" and section is not None:
+        names = list(section.model_fields)
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        return f"{loc}: must be a mapping of {loc} keys ({shown}) (got {got})"
+    msg = _printable(item["msg"].removeprefix("Value error, "))
+    if kind == "string_type" and isinstance(item.get("input"), bool):
+        msg += "; YAML reads unquoted yes/no/on/off/true/false as booleans, so quote the word"
+    return f"{loc or '(top level)'}: {msg} (got {got})"
+
+
 def _format_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"] if not isinstance(p, int))
-        kind = item["type"]
-        if kind == "extra_forbidden":
-            close = difflib.get_close_matches(loc, _all_keys(), n=1, cutoff=0.5)
-            leaf = loc.rsplit(".", 1)[-1]
-            if not close:
-                close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"unknown key {loc!r}{hint}")
-        else:
-            value = item.get("input")
-            msg = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc or '(top level)'}: {msg} (got {value!r})")
+    items = err.errors()
+    lines = [_describe_error(item) for item in items[:MAX_REPORTED_ERRORS]]
+    if len(items) > MAX_REPORTED_ERRORS:
+        lines.append(f"and {len(items) - MAX_REPORTED_ERRORS} more problems")
     return f"invalid config {source}: " + "; ".join(lines)
 
 
@@ -322,25 +373,47 @@ def build_config(
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, value = item.split("=", 1)
         key = LEGACY_KEYS.get(key.strip(), key.strip())
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(
+                f"override {item!r}: {key!r} is not a key; write key.sub=value, "
+                "e.g. training.epochs=3"
+            )
         _set_dotted(tree, key, parse_value(value))
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
+    except RecursionError:
+        # A self-referencing YAML value (`&a [*a]`) in a field that is not a mapping.
+        raise ConfigError(f"invalid config {source}: a value refers to itself") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config file and apply overrides."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        what = "is a directory, not a config file" if path.is_dir() else "config file not found"
+        raise ConfigError(f"{what}: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}{_yaml_problem(err)}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return build_config(raw, overrides, source=str(path))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """`: not valid YAML at line L, column C (problem)`: one line; PyYAML's text spans several."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    detail = ", ".join(str(p) for p in parts if p) or str(err).splitlines()[0]
+    return f": not valid YAML{where} ({_printable(detail)})"
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

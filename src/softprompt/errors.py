@@ -5,6 +5,7 @@ from __future__ import annotations
 from softprompt.backbones.loading import ModelLoadError
 from softprompt.config import ConfigError
 from softprompt.data.errors import DataError
+from softprompt.paths import UnsafeNameError
 from softprompt.train.checkpoint import CheckpointError
 from softprompt.tuners.prompt_tuning.io import PromptLoadError
 
@@ -14,5 +15,9 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ModelLoadError,
     PromptLoadError,
     CheckpointError,
+    UnsafeNameError,
     FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
 )

@@ -57,7 +57,9 @@ class Predictor:
         task = loaded.meta.get("task", {}) if loaded else {}
         name = model or (loaded.base_model if loaded else None)
         if name is None:
-            raise ValueError(f"prompt {prompt_dir} does not record its base model; pass --model")
+            raise PromptLoadError(
+                f"prompt {prompt_dir} does not record its base model; pass --model"
+            )
         family = loaded.meta.get("family") if loaded else None
         backbone = load_backbone(name, family, dtype)
         if loaded is not None:
@@ -148,7 +150,10 @@ class VisionPredictor:
         record = loaded.meta.get("task", {})
         if "vision_task" not in record:
             raise PromptLoadError(f"prompt {prompt_dir} was not trained for an image task")
-        vision = VisionSettings(**{**record.get("vision", {}), "feature_cache": feature_cache})
+        try:
+            vision = VisionSettings(**{**record.get("vision", {}), "feature_cache": feature_cache})
+        except TypeError as err:
+            raise PromptLoadError(f"prompt {prompt_dir}: damaged 'vision' record ({err})") from None
         name = model or loaded.base_model
         backbone = load_backbone(name, loaded.meta.get("family"), dtype, vision=vision)
         check_compatible(loaded, backbone)

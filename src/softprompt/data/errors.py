@@ -38,3 +38,28 @@ def fields_present(fields: Iterable[object]) -> str:
     """List the fields a record has, for "fields present: ..." hints."""
     names = [str(f) for f in fields]
     return ", ".join(names) if names else "none"
+
+
+def check_encodable(text: str, loc: str, field: str) -> str:
+    """Refuse text that is not valid Unicode, naming where it is.
+
+    A JSON escape like ``"\\ud800"`` (half of a UTF-16 pair) or a file name in another
+    encoding gives Python a string with a lone surrogate; tokenizers then fail deep
+    inside training. Finding it here names the line instead.
+
+    Returns:
+        `text` unchanged.
+
+    Raises:
+        DataError: naming `loc`, `field` and the offending character.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        raise DataError(
+            f"{loc}: field {field!r} holds an invalid character {bad!r} at position "
+            f"{e.start} (half of a UTF-16 surrogate pair, or text in another encoding); "
+            "fix the text or its \\u escape"
+        ) from None
+    return text

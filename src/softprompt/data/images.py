@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import threading
 import warnings
@@ -81,6 +82,8 @@ def load_image(
         # Pillow warns above its own global limit; our `max_pixels` is the one that decides.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # "Corrupt EXIF data" names no file, and a broken EXIF block costs nothing here.
+            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
             try:
                 return _decode(p, max_pixels)
             except Image.DecompressionBombError:
@@ -127,6 +130,9 @@ def image_digest(path: str | os.PathLike[str]) -> str:
         raise ImageError(f"{path}: permission denied; make the file readable") from e
     except IsADirectoryError as e:
         raise ImageError(f"{path}: is a directory, not an image file") from e
+    except (OSError, ValueError) as e:  # a name too long or holding a NUL byte, an I/O error
+        reason = getattr(e, "strerror", None) or e
+        raise ImageError(f"{_short(Path(path))!r}: cannot read the file ({reason})") from e
     return h.hexdigest()
 
 
@@ -135,16 +141,28 @@ def image_digest(path: str | os.PathLike[str]) -> str:
 
 def _check_file(p: Path) -> None:
     # Checked up front so the common mistakes get a plain message, not a decoder's.
+    if "\x00" in str(p):
+        raise ImageError(f"{str(p)!r}: the path contains a NUL byte; no file has such a name")
     try:
         st = p.stat()
     except FileNotFoundError as e:
         raise ImageError(f"{p}: image file not found (looked for {p.resolve()})") from e
     except PermissionError as e:
         raise ImageError(f"{p}: permission denied (cannot look into its folder)") from e
-    if p.is_dir():
+    except OSError as e:  # a name too long, a symlink loop, an I/O error
+        raise ImageError(f"{_short(p)}: cannot read the file ({e.strerror})") from e
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{p}: is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block forever, a device never ends.
+        raise ImageError(f"{p}: not a regular file (a device, pipe or socket)")
     if st.st_size == 0:
         raise ImageError(f"{p}: file is empty (0 bytes); the download or copy did not finish")
+
+
+def _short(p: Path) -> str:
+    text = str(p)
+    return text if len(text) <= 200 else f"{text[:100]}...{text[-60:]} ({len(text)} characters)"
 
 
 def _decode(p: Path, max_pixels: int | None) -> Image.Image:

@@ -52,6 +52,19 @@ def _read_text(path: str | Path) -> str:
     return text
 
 
+# Besides JSONDecodeError, json.loads raises RecursionError for deeply nested input and
+# ValueError for integers longer than Python's digit limit; both are bad lines too.
+_JSON_ERRORS = (ValueError, RecursionError)
+
+
+def _json_problem(e: Exception) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).split(":", 1)[0]
+
+
 def _iter_jsonl(path: str, text: str) -> Iterator[RawRecord]:
     name = Path(path).name
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line breaks.
@@ -61,11 +74,9 @@ def _iter_jsonl(path: str, text: str) -> Iterator[RawRecord]:
             continue
         try:
             obj = json.loads(stripped)
-        except json.JSONDecodeError as e:
+        except _JSON_ERRORS as e:
             hint = "; the file looks like a JSON array, use format json" if stripped == "[" else ""
-            raise DataError(
-                f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){hint}"
-            ) from e
+            raise DataError(f"{path}:{lineno}: malformed JSON ({_json_problem(e)}){hint}") from e
         yield _object_row(path, name, lineno, obj)
 
 
@@ -75,7 +86,7 @@ def _iter_json(path: str, text: str) -> Iterator[RawRecord]:
         # One pretty-printed object is one record; anything else is JSON Lines in a .json file.
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except _JSON_ERRORS:
             yield from _iter_jsonl(path, text)
             return
         yield _object_row(
@@ -112,6 +123,10 @@ def _iter_json_array(path: str, text: str) -> Iterator[RawRecord]:
             except json.JSONDecodeError as e:
                 raise DataError(
                     f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"
+                ) from e
+            except _JSON_ERRORS as e:
+                raise DataError(
+                    f"{path}:{line_at(pos)}: malformed JSON ({_json_problem(e)})"
                 ) from e
             yield _object_row(path, name, line_at(pos), obj)
             pos = skip_ws(text, end).end()

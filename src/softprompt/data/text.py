@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.errors import DataError, fields_present
+from softprompt.data.errors import DataError, check_encodable, fields_present
 from softprompt.data.record_files import (
     RawRecord,
     _iter_csv,
@@ -136,8 +136,11 @@ def load_text_examples(
         else _Fields(input_field, target_field, id_field, template, template_names, require_target)
     )
     examples: list[TextExample] = []
+    ids = UniqueIds(fields.id)
     for row in _iter_rows(path, fmt, split):
-        examples.append(_to_example(row, fields))
+        example = _to_example(row, fields)
+        ids.add(example.id, row.where)
+        examples.append(example)
         if max_samples is not None and len(examples) >= max_samples:
             break
     if not examples:
@@ -146,6 +149,27 @@ def load_text_examples(
 
 
 # ----------------------------------------------------------------------------- field mapping
+
+
+class UniqueIds:
+    """Refuses a second record with an id already seen: predictions are keyed by id."""
+
+    def __init__(self, id_field: str, fix: str | None = None) -> None:
+        self.fix = fix or (
+            f"Fix the {id_field!r} values, or set data.id_field to a field the records lack "
+            "to number them by line instead"
+        )
+        self.seen: dict[str, str] = {}
+
+    def add(self, ident: str, loc: str) -> None:
+        first = self.seen.get(ident)
+        if first is None:
+            self.seen[ident] = loc
+            return
+        raise DataError(
+            f"{loc}: duplicate id {ident!r} (first at {first}); ids must be unique, "
+            f"since predictions are matched to inputs by id. {self.fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -199,7 +223,7 @@ def _required(row: RawRecord, field: str, option: str) -> Any:
 
 def _as_text(value: Any, loc: str, field: str, expected: str = "a string") -> str:
     if isinstance(value, str):
-        return value
+        return check_encodable(value, loc, field)
     # JSON numbers and booleans are plausible answers ("2", "True"); keep them as text.
     if isinstance(value, (bool, int, float)):
         return str(value)
@@ -240,9 +264,10 @@ def _apply_template(template: str, names: Sequence[str], text: str, row: RawReco
                 f"lacks (fields present: {fields_present(row.record)})"
             )
     try:
-        return template.format_map(values)
+        formatted = template.format_map(values)
     except (KeyError, IndexError, AttributeError, ValueError, TypeError) as e:
         raise DataError(f"{row.where}: template {template!r} failed: {e}") from e
+    return check_encodable(formatted, row.where, "template output")
 
 
 # ----------------------------------------------------------------------------- file readers

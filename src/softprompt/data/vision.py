@@ -15,16 +15,17 @@ Sources by spec (see `load_vision_examples`):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.errors import DataError
+from softprompt.data.errors import DataError, check_encodable
 from softprompt.data.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from softprompt.data.load_report import ImageChecker, LoadReport
 from softprompt.data.record_files import RawRecord, _iter_json, _iter_jsonl, _read_text
 from softprompt.data.records import VisionExample
-from softprompt.data.text import _as_text, _required
+from softprompt.data.text import UniqueIds, _as_text, _required
 from softprompt.data.vqa import (
     EASY_VQA_SPEC,
     annotations_path_for,
@@ -99,6 +100,9 @@ def load_image_folder(
         key=lambda d: d.name,
     )
     class_dirs = [d for d in class_dirs if d.name not in _IGNORED_DIRS]
+    for folder in class_dirs:
+        # The class name becomes words the model reads: it must be real text.
+        check_encodable(folder.name, f"{_printable_path(folder)}", "class folder name")
     loose = [f for f in base.iterdir() if f.is_file() and _is_image_name(f.name)]
     if not class_dirs:
         found = f" (found {len(loose)} image(s) directly inside it)" if loose else ""
@@ -121,7 +125,7 @@ def load_image_folder(
             if checker.usable(str(file)):
                 examples.append(
                     VisionExample(
-                        id=file.relative_to(base).as_posix(),
+                        id=_printable_path(file.relative_to(base)),
                         image_path=str(file),
                         target=folder.name,
                         references=[folder.name],
@@ -146,6 +150,12 @@ def load_image_folder(
             "classes to learn anything"
         )
     return examples, classes, report
+
+
+def _printable_path(path: Path) -> str:
+    # File names in another encoding arrive as lone surrogates; ids must be valid text
+    # (they go into JSON), and \\xNN escapes keep them unique and recognisable.
+    return os.fsencode(path.as_posix()).decode("utf-8", "backslashreplace")
 
 
 def _hidden(name: str) -> bool:
@@ -213,12 +223,14 @@ def load_image_text_pairs(
     report = LoadReport()
     checker = ImageChecker(report, strict=strict, check_images=check_images, max_pixels=max_pixels)
     examples: list[VisionExample] = []
+    ids = UniqueIds(id_field)
     seen = 0
     for row in rows:
         seen += 1
         example = _pair_example(
             row, p.parent, image_field, text_field, prompt_field, id_field, require_text
         )
+        ids.add(example.id, row.where)
         if checker.usable(example.image_path, row.where):
             examples.append(example)
     if not seen:

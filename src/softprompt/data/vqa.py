@@ -14,11 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.errors import DataError, fields_present
+from softprompt.data.errors import DataError, check_encodable, fields_present
 from softprompt.data.images import MAX_IMAGE_PIXELS
 from softprompt.data.load_report import ImageChecker, LoadReport
-from softprompt.data.record_files import _read_text
+from softprompt.data.record_files import _json_problem, _read_text
 from softprompt.data.records import VisionExample
+from softprompt.data.text import UniqueIds
 
 VQA_IMAGE_PATTERN = "COCO_{split}_{image_id:012d}.jpg"
 """COCO's image file names, e.g. ``COCO_train2014_000000000009.jpg``."""
@@ -93,10 +94,12 @@ def load_vqa(
     questions = qdoc["questions"]
     if not questions:
         raise DataError(f"{questions_path}: the 'questions' list is empty")
+    ids = UniqueIds("question_id", fix="Each question needs its own question_id")
     for i, q in enumerate(questions):
         loc = f"{questions_path}: questions[{i}]"
         _require_fields(q, ("image_id", "question", "question_id"), loc)
         qid = q["question_id"]
+        ids.add(str(qid), loc)
         target, references = None, []
         if answers is not None:
             if qid not in answers:
@@ -111,7 +114,7 @@ def load_vqa(
                 VisionExample(
                     id=str(qid),
                     image_path=str(image),
-                    text=str(q["question"]),
+                    text=check_encodable(str(q["question"]), loc, "question"),
                     target=target,
                     references=references,
                 )
@@ -136,7 +139,7 @@ def is_vqa_questions(path: str | Path) -> bool:
         return False
     try:
         doc = json.loads(_read_text(path))
-    except (json.JSONDecodeError, DataError):
+    except (ValueError, RecursionError, DataError):
         return False  # e.g. JSON Lines whose records carry a "questions" field
     return isinstance(doc, dict) and isinstance(doc.get("questions"), list)
 
@@ -174,6 +177,8 @@ def _read_json_object(path: str | Path, key: str) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: malformed JSON ({_json_problem(e)})") from e
     if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
         present = fields_present(doc) if isinstance(doc, dict) else f"a {type(doc).__name__}"
         raise DataError(
@@ -191,7 +196,7 @@ def _read_annotations(path: str | Path) -> dict[Any, tuple[str, list[str]]]:
         raw = ann["answers"]
         if not isinstance(raw, list) or not all(isinstance(a, dict) and "answer" in a for a in raw):
             raise DataError(f"{loc}: 'answers' must be a list of {{\"answer\": ...}} objects")
-        references = [str(a["answer"]) for a in raw]
+        references = [check_encodable(str(a["answer"]), loc, "answers") for a in raw]
         target = ann.get("multiple_choice_answer")
         if target is None:
             if not references:

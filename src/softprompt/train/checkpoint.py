@@ -3,33 +3,54 @@
 A checkpoint is first written to a hidden temporary directory and then renamed into
 place, so a run killed at any moment leaves either a complete `checkpoint-STEP/` or
 none. `trainer_state.json` is written last and carries checksums of the other files;
-a directory without it, or whose files do not match, is never resumed from.
+a directory without it, or whose files do not match, is never resumed from. Old
+checkpoints are renamed to a hidden name before they are deleted, so a half-deleted
+one never looks like a checkpoint either.
 
 Only the main process writes. The data position is kept in examples of the epoch, over
 all processes together, so a checkpoint resumes under any number of processes; each
 process's random state is stored (`rng_state*`) so dropout replays exactly when the
 number of processes stays the same.
+
+Nothing here unpickles: weights and optimizer/scheduler state are safetensors files,
+the rest is JSON.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from softprompt.tuners.prompt_tuning.io import sha256_file
+from softprompt.paths import UnsafeNameError, check_name, is_inside
+from softprompt.train.state_files import StateFileError, load_state, save_state
+from softprompt.tuners.prompt_tuning.io import WEIGHTS_FILE, sha256_file
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+OPTIMIZER_FILE = "optimizer.safetensors"
+SCHEDULER_FILE = "scheduler.safetensors"
+# Process 0's random state; process i > 0 has `rng_state_{i}.*` beside it.
+RNG_FILES = ("rng_state.safetensors", "rng_state.json")
+# Every complete checkpoint lists at least these in its checksums.
+REQUIRED_FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, *RNG_FILES)
+# Hidden directory names `PREFIX + NAME + "-" + PID`, never taken for checkpoints: being
+# written, being deleted, or the previous NAME set aside while it is replaced (the
+# loop replaces best/ that way).
+_WRITING, _DELETING, _SET_ASIDE = ".tmp-", ".del-", ".old-"
+
+logger = logging.getLogger("softprompt")
 
 
 class CheckpointError(ValueError):
@@ -83,14 +104,68 @@ def _restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None
 
 def _rng_files(process_index: int) -> tuple[str, str]:
     # Process 0 keeps the names single-process checkpoints always had.
-    suffix = "" if process_index == 0 else f"_{process_index}"
-    return f"rng_state{suffix}.safetensors", f"rng_state{suffix}.json"
+    if process_index == 0:
+        return RNG_FILES
+    return f"rng_state_{process_index}.safetensors", f"rng_state_{process_index}.json"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_files(path: Path) -> None:
     for file in path.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes a rename durable across a power cut, not only a killed process.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_hidden(path: Path) -> None:
+    """Rename `path` to a hidden name, then delete it: never a half-deleted checkpoint."""
+    hidden = path.parent / f"{_DELETING}{path.name}-{os.getpid()}"
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Tidy what processes killed mid-write left behind in a run directory.
+
+    `.tmp-NAME-PID` (never finished) and `.del-NAME-PID` (half deleted) are deleted.
+    `.old-NAME-PID` is the previous `NAME` (e.g. `best/`) set aside during a replacement:
+    put back if the replacement never arrived, else deleted. Directories of live
+    processes are left alone.
+    """
+    prefixes = (_WRITING, _DELETING, _SET_ASIDE)
+    for child in sorted(run_dir.iterdir()):
+        prefix = next((p for p in prefixes if child.name.startswith(p)), None)
+        name, _, pid = child.name.removeprefix(prefix or "").rpartition("-")
+        if prefix is None or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        original = run_dir / name
+        if prefix == _SET_ASIDE and name and not original.exists():
+            os.replace(child, original)
+        else:
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -108,14 +183,15 @@ def save_checkpoint(
         rng_states: every process's `rng_state()`, in process order (default: this
             process's alone).
     """
+    remove_stale_temporaries(run_dir)
     final = run_dir / f"checkpoint-{state.global_step}"
-    tmp = run_dir / f".tmp-checkpoint-{state.global_step}-{os.getpid()}"
+    tmp = run_dir / f"{_WRITING}checkpoint-{state.global_step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     write_prompt(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    save_state(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    save_state(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     for index, (rng_tensors, rng_info) in enumerate(rng_states or [rng_state()]):
         tensor_file, info_file = _rng_files(index)
         save_file(rng_tensors, str(tmp / tensor_file))
@@ -123,10 +199,12 @@ def save_checkpoint(
     checksums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
     payload = {**asdict(state), "files": checksums}
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    _fsync_dir(tmp)
+    _fsync_files(tmp)
     if final.exists():
-        shutil.rmtree(final)
+        # Re-saving a step (e.g. Ctrl-C right after a resume): the old copy goes hidden first.
+        _remove_hidden(final)
     os.replace(tmp, final)
+    _fsync_dir(run_dir)
     return final
 
 
@@ -139,9 +217,20 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is incomplete (no {STATE_FILE}); it was interrupted")
     try:
         payload = json.loads(state_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{state_path}: damaged ({err})") from None
-    for name, digest in payload.get("files", {}).items():
+    files = payload.get("files") if isinstance(payload, dict) else None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{state_path}: damaged (no checksums of the checkpoint's files)")
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing and "optimizer.pt" not in files:  # checkpoints from before safetensors state
+        raise CheckpointError(f"{state_path}: damaged (no checksum for {', '.join(missing)})")
+    for name, digest in files.items():
+        try:
+            if len(check_name(name, "checkpoint file name")) != 1:
+                raise UnsafeNameError(f"checkpoint file name {name!r} is not a plain file name")
+        except UnsafeNameError as err:
+            raise CheckpointError(f"{state_path}: damaged ({err})") from None
         file = path / name
         if not file.is_file() or sha256_file(file) != digest:
             raise CheckpointError(f"{file}: missing or does not match its checksum")
@@ -149,21 +238,64 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def find_latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint in a run directory (damaged ones are skipped)."""
+    """The newest complete checkpoint in a run directory.
+
+    Damaged or half-written ones are skipped, and so are `checkpoint-N` symlinks that
+    lead outside the run directory.
+    """
     if not run_dir.is_dir():
         return None
     steps = []
     for child in run_dir.iterdir():
         match = CHECKPOINT_RE.match(child.name)
-        if match:
+        if match and is_inside(run_dir, child):
             steps.append((int(match.group(1)), child))
     for _, path in sorted(steps, reverse=True):
         try:
             validate_checkpoint(path)
             return path
-        except CheckpointError:
-            continue
+        except CheckpointError as err:
+            logger.warning("Skipping %s: %s", path.name, err)
     return None
+
+
+def _load_state_file(path: Path, name: str) -> dict[str, Any]:
+    try:
+        if (path / name).is_file():
+            return load_state(path / name)
+        # Checkpoints written before state files were safetensors; never a full unpickle.
+        legacy = path / name.replace(".safetensors", ".pt")
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    except (StateFileError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read {name} ({err})") from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _train_state(path: Path, payload: dict[str, Any], batch_size: int) -> TrainState:
+    """The TrainState a checkpoint's trainer_state.json holds, its counters checked."""
+    known = {f.name for f in fields(TrainState)}
+    values = {k: v for k, v in payload.items() if k in known}
+    damaged = CheckpointError(f"{path / STATE_FILE}: damaged (step counters are not counts)")
+    if "batch_in_epoch" in payload and "samples_in_epoch" not in payload:
+        # Single-process checkpoints of earlier versions counted batches of `batch_size`.
+        if not _is_count(payload["batch_in_epoch"]):
+            raise damaged
+        values["samples_in_epoch"] = payload["batch_in_epoch"] * batch_size
+        values["examples_per_step"] = batch_size
+    state = TrainState(**values)
+    counters = (
+        state.global_step,
+        state.epoch,
+        state.samples_in_epoch,
+        state.examples_per_step,
+        state.bad_evals,
+    )
+    if not all(_is_count(n) for n in counters):
+        raise damaged
+    return state
 
 
 def load_checkpoint(
@@ -180,21 +312,28 @@ def load_checkpoint(
             none for (it was written by fewer processes) takes process 0's.
         batch_size: `training.batch_size`, to read the data position of checkpoints
             written before it was counted in examples (they counted batches).
+
+    Raises:
+        CheckpointError: the checkpoint is incomplete, damaged, or of another run.
     """
     payload = validate_checkpoint(path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    state = _train_state(path, payload, batch_size)
+    optimizer_state = _load_state_file(path, OPTIMIZER_FILE)
+    scheduler_state = _load_state_file(path, SCHEDULER_FILE)
     tensor_file, info_file = _rng_files(process_index)
-    if not (path / tensor_file).is_file():
-        tensor_file, info_file = _rng_files(0)
-    rng_info = json.loads((path / info_file).read_text(encoding="utf-8"))
-    _restore_rng(load_file(str(path / tensor_file)), rng_info)
-    payload.pop("files", None)
-    if "batch_in_epoch" in payload:
-        # Single-process checkpoints of earlier versions: batches of `batch_size`.
-        payload["samples_in_epoch"] = payload.pop("batch_in_epoch") * batch_size
-        payload["examples_per_step"] = batch_size
-    return TrainState(**payload)
+    if not {tensor_file, info_file} <= payload["files"].keys():
+        tensor_file, info_file = RNG_FILES  # a process the checkpoint's run did not have
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        rng_info = json.loads((path / info_file).read_text(encoding="utf-8"))
+        _restore_rng(load_file(str(path / tensor_file)), rng_info)
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        raise CheckpointError(
+            f"{path}: does not fit this run ({type(err).__name__}: {err}); was it written "
+            "with a different config?"
+        ) from None
+    return state
 
 
 def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
@@ -207,4 +346,4 @@ def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
         if (m := CHECKPOINT_RE.match(child.name))
     )
     for _, path in found[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_hidden(path)

@@ -49,7 +49,14 @@ from softprompt.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from softprompt.train.parallel import TrainableParts, global_sum, make_accelerator, micro_batches
+from softprompt.train.interrupt import DeferredInterrupt, StopRequested
+from softprompt.train.parallel import (
+    TrainableParts,
+    global_max,
+    global_sum,
+    make_accelerator,
+    micro_batches,
+)
 from softprompt.tuners.prompt_tuning.io import fingerprint, load_prompt, save_prompt
 from softprompt.tuners.prompt_tuning.model import SoftPrompt, count_parameters, log_parameter_counts
 from softprompt.tuners.splice import IGNORE_INDEX
@@ -291,15 +298,13 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
             shard=shard,
         )[0]
 
-    def checkpoint(interrupted: bool = False) -> None:
-        # After an interrupt the processes may stand at different points, where a
-        # collective call could hang: the main process then saves alone.
-        rng_states = [rng_state()] if interrupted else gather_object([rng_state()])
+    def checkpoint() -> None:
+        # Collective: every process calls it at the same step (a stop is agreed first).
+        rng_states = gather_object([rng_state()])
         if main:
             save_checkpoint(run_dir, state, write_prompt, optimizer, scheduler, rng_states)
             prune_checkpoints(run_dir, t.save_total_limit)
-        if not interrupted:
-            accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
 
     def run_eval(epoch_float: float) -> bool:
         """Evaluate, update best/; returns True when early stopping triggers."""
@@ -367,6 +372,10 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     stop = False
     last_saved = state.global_step if resume else -1
     n_train = len(train_examples)
+    # A stop asked of any process is one for all, at the same step boundary: a process
+    # leaving alone would leave the others waiting in a collective call for ever.
+    agree = (lambda signum: global_max(accelerator, signum)) if world > 1 else None
+    interrupt = DeferredInterrupt().install()
     try:
         while state.global_step < total_steps and not stop:
             steps = epoch_batches(
@@ -420,14 +429,20 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
                         state.bad_evals,
                     )
                     break
+                interrupt.raise_if_requested(agree)
             if state.samples_in_epoch >= n_train:
                 state.epoch += 1
                 state.samples_in_epoch = 0
-    except KeyboardInterrupt:
-        logger.warning("Interrupted: saving checkpoint-%d before exiting", state.global_step)
-        checkpoint(interrupted=True)
+    except KeyboardInterrupt as stopped:
+        # Only a stop at a step boundary has a state that resumes exactly, and only there
+        # do all processes stand at the same point (see interrupt.py): else save nothing.
+        if isinstance(stopped, StopRequested):
+            logger.warning("Interrupted: saving checkpoint-%d before exiting", state.global_step)
+            if last_saved != state.global_step:
+                checkpoint()
         raise
     finally:
+        interrupt.uninstall()
         bar.close()
     train_runtime = time.perf_counter() - started
     if last_saved != state.global_step:

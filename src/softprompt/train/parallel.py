@@ -131,3 +131,11 @@ def global_sum(accelerator: Accelerator, value: float) -> float:
         return value
     total = torch.tensor(value, dtype=torch.float64, device=accelerator.device)
     return float(accelerator.reduce(total, reduction="sum"))
+
+
+def global_max(accelerator: Accelerator, value: int) -> int:
+    """The largest of every process's `value` (itself with one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    largest = torch.tensor(value, dtype=torch.int64, device=accelerator.device)
+    return int(accelerator.reduce(largest, reduction="max"))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PromptTuningConfig as PeftPromptTuningConfig
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 META_FILE = "softprompt.json"
@@ -135,58 +137,106 @@ def save_prompt(
         "base_model": base_model,
         "fingerprint": fingerprint_info,
         "task": task or {},
-        "files": {WEIGHTS_FILE: sha256_file(directory / WEIGHTS_FILE)},
+        "files": {name: sha256_file(directory / name) for name in (WEIGHTS_FILE, CONFIG_FILE)},
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise PromptLoadError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise PromptLoadError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def load_prompt(directory: str | Path) -> LoadedPrompt:
-    """Read a prompt directory written by softprompt or by PEFT."""
+    """Read a prompt directory written by softprompt or by PEFT.
+
+    Every file whose checksum `softprompt.json` records is verified first, so a prompt
+    whose weights or config were modified after saving is refused.
+
+    Raises:
+        PromptLoadError: the directory is missing, damaged, tampered with, or not a prompt.
+    """
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not directory.is_dir():
         raise PromptLoadError(f"prompt directory not found: {directory}")
     if not config_path.is_file():
         raise PromptLoadError(f"{directory} is not a prompt directory (no {CONFIG_FILE})")
-    try:
-        peft_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PromptLoadError(f"{config_path}: not valid JSON ({err})") from None
+    meta: dict[str, Any] = {}
+    if (directory / META_FILE).is_file():
+        meta = _read_json_object(directory / META_FILE)
+        _verify_checksums(directory, meta)
+    peft_config = _read_json_object(config_path)
     peft_type = peft_config.get("peft_type")
     if peft_type != "PROMPT_TUNING":
         raise PromptLoadError(
             f"{directory} holds a {peft_type} adapter; a soft prompt needs PROMPT_TUNING"
         )
-    meta: dict[str, Any] = {}
-    if (directory / META_FILE).is_file():
-        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-    tensors = _read_weights(directory, meta)
-    if "prompt_embeddings" not in tensors:
+    tensors = _read_weights(directory)
+    full = tensors.pop("prompt_embeddings", None)
+    if full is None:
         raise PromptLoadError(f"{directory}: no 'prompt_embeddings' tensor in the weights")
-    full = tensors.pop("prompt_embeddings").float()
-    num_tokens = int(peft_config.get("num_virtual_tokens") or full.shape[0])
+    if full.ndim != 2 or not full.is_floating_point():
+        raise PromptLoadError(
+            f"{directory}: 'prompt_embeddings' must be a 2-D float tensor, got "
+            f"{tuple(full.shape)} {full.dtype}"
+        )
+    declared = peft_config.get("num_virtual_tokens") or full.shape[0]
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise PromptLoadError(f"{config_path}: num_virtual_tokens {declared!r} is not a count")
+    if declared > full.shape[0]:
+        raise PromptLoadError(
+            f"{config_path}: num_virtual_tokens is {declared} but the weights hold "
+            f"{full.shape[0]} vectors"
+        )
     # PEFT stores encoder and decoder prompts stacked for seq2seq; the encoder one is first.
-    weight = full[:num_tokens].clone()
+    weight = full[:declared].float().clone()
     return LoadedPrompt(weight, meta, peft_config, directory, extra=tensors)
 
 
-def _read_weights(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    safetensors_path = directory / WEIGHTS_FILE
-    if safetensors_path.is_file():
-        expected = meta.get("files", {}).get(WEIGHTS_FILE)
-        if expected is not None and sha256_file(safetensors_path) != expected:
+def _verify_checksums(directory: Path, meta: dict[str, Any]) -> None:
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
+    for name, expected in files.items():
+        # A plain file name: a damaged or hostile entry must not send us outside the folder.
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise PromptLoadError(f"{directory / META_FILE}: bad file name {name!r}")
+        path = directory / name
+        if not path.is_file():
+            raise PromptLoadError(f"{path}: missing (listed in {META_FILE})")
+        if sha256_file(path) != expected:
             raise PromptLoadError(
-                f"{safetensors_path}: checksum does not match {META_FILE}; the file was "
+                f"{path}: checksum does not match {META_FILE}; the file was "
                 "modified or damaged after it was saved"
             )
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    safetensors_path = directory / WEIGHTS_FILE
+    if safetensors_path.is_file():
         try:
             return load_file(str(safetensors_path))
-        except Exception as err:  # safetensors raises its own error types
+        except SafetensorError as err:
             raise PromptLoadError(f"{safetensors_path}: unreadable ({err})") from None
     bin_path = directory / "adapter_model.bin"
     if bin_path.is_file():
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
+        # Older PEFT prompts; weights_only refuses anything but tensors (no code runs).
+        try:
+            tensors = torch.load(bin_path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+            raise PromptLoadError(f"{bin_path}: unreadable or not plain tensors ({err})") from None
+        if not isinstance(tensors, dict) or not all(
+            isinstance(v, torch.Tensor) for v in tensors.values()
+        ):
+            raise PromptLoadError(f"{bin_path}: expected a dict of tensors")
+        return tensors
     raise PromptLoadError(f"{directory}: no {WEIGHTS_FILE} (or adapter_model.bin)")
 
 

@@ -1,0 +1,83 @@
+"""Same config and seed, same machine: bit-identical prompts (and optimizer state)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import make_config
+from vlm_fixtures import build_tiny_clip, colour_images
+
+from softprompt.config import build_config
+from softprompt.train.loop import train
+
+COMPARED = ("adapter_model.safetensors", "optimizer.safetensors", "scheduler.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine run fastest on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_identical_runs(a, b, final: str) -> None:
+    for name in COMPARED:
+        left, right = a / final / name, b / final / name
+        assert left.read_bytes() == right.read_bytes(), name
+    best_a = load_file(str(a / "best" / "adapter_model.safetensors"))
+    best_b = load_file(str(b / "best" / "adapter_model.safetensors"))
+    assert best_a.keys() == best_b.keys()
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_text_runs_are_bit_identical(tiny_models, toy_data, tmp_path, kind):
+    # GPT-2 trains with dropout; T5 is seq2seq: both paths draw from the RNG differently.
+    runs = []
+    for name in ("a", "b"):
+        cfg = make_config(tiny_models[kind], toy_data, tmp_path / name, epochs=2, save_steps=4)
+        train(cfg)
+        runs.append(tmp_path / name)
+    assert_identical_runs(*runs, final="checkpoint-12")
+
+    other = make_config(tiny_models[kind], toy_data, tmp_path / "c", epochs=2, seed=7)
+    train(other)
+    a = load_file(str(runs[0] / "checkpoint-12" / "adapter_model.safetensors"))
+    c = load_file(str(tmp_path / "c" / "checkpoint-12" / "adapter_model.safetensors"))
+    assert not torch.equal(a["prompt_embeddings"], c["prompt_embeddings"])
+
+
+def test_image_runs_are_bit_identical(tiny_models, tmp_path):
+    clip = build_tiny_clip(tmp_path)
+    images = colour_images(tmp_path / "flat", per_colour=4)
+    for colour, paths in images.items():
+        (tmp_path / "train" / colour).mkdir(parents=True)
+        for path in paths:
+            shutil.copy(path, tmp_path / "train" / colour / path.name)
+    runs = []
+    for name in ("a", "b"):
+        cfg = build_config(
+            {
+                "model": {"name_or_path": str(tiny_models["gpt2"]), "vision_encoder": str(clip)},
+                "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "VOCAB"}},
+                "data": {"train_path": str(tmp_path / "train"), "validation": False},
+                "task": {"type": "classify", "instruction": "Which colour?"},
+                "training": {
+                    "output_dir": str(tmp_path / name),
+                    "epochs": 2,
+                    "batch_size": 4,
+                    "learning_rate": 0.3,
+                },
+            }
+        )
+        train(cfg)
+        runs.append(tmp_path / name)
+    steps = sorted(p.name for p in runs[0].glob("checkpoint-*"))
+    assert_identical_runs(*runs, final=steps[-1])
+    projection = load_file(str(runs[0] / "best" / "adapter_model.safetensors"))
+    assert any(k.startswith("projection.") for k in projection)  # trained beside the prompt
