@@ -7,7 +7,9 @@ the real command line:
 * CRASH_STEP_PAUSE: before every optimizer step (kills land between steps);
 * CRASH_WRITE_PAUSE: after each optimizer/scheduler state file of a checkpoint (the
   temporary directory is half-written) and before its files are synced and the directory
-  renamed (complete, but not yet in place).
+  renamed (complete, but not yet in place);
+* CRASH_PID_DIR: each process writes its pid to `rank-N` there (N: its process index
+  under `accelerate launch`), so a test can signal one process of a multi-process run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -51,6 +54,9 @@ def _pause_before(original):
 
 
 if __name__ == "__main__":
+    if os.environ.get("CRASH_PID_DIR"):
+        rank = os.environ.get("RANK", "0")
+        (Path(os.environ["CRASH_PID_DIR"]) / f"rank-{rank}").write_text(str(os.getpid()))
     # One thread: the same arithmetic, bit for bit, as the test process it is compared with.
     torch.set_num_threads(1)
     torch.optim.AdamW.step = _slow_step(torch.optim.AdamW.step)

@@ -222,6 +222,28 @@ def test_sigterm_and_ctrl_c_wait_for_the_step_boundary():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_processes_agree_on_a_stop():
+    """With several processes every one stops when any was signalled (the loop's `agree`
+    is an all-reduce of the largest signal number; here a stand-in for it)."""
+    interrupt = DeferredInterrupt().install()
+    try:
+        asked: list[int] = []
+
+        def nobody_else(signum: int) -> int:
+            asked.append(signum)
+            return signum
+
+        interrupt.raise_if_requested(nobody_else)  # no process was signalled
+        with pytest.raises(StopRequested) as stop:  # another process got SIGTERM
+            interrupt.raise_if_requested(lambda signum: max(signum, signal.SIGTERM))
+        assert stop.value.signum == signal.SIGTERM and asked == [0]
+        with pytest.raises(KeyboardInterrupt):  # stopping already: a signal now is a second
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    finally:
+        interrupt.uninstall()
+
+
 def test_damaged_checkpoints_through_the_cli(tiny_models, data, tmp_path, capsys, caplog):
     config = write_config(tmp_path, tiny_models["gpt2"], data)
     short = ["training.max_steps=4", "training.save_steps=2", "--no-progress"]

@@ -6,11 +6,15 @@ The two-process runs are real launches (`accelerate launch`, and `softprompt tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,10 +32,17 @@ from softprompt.config import load_config
 from softprompt.data.batching import position_in_epoch, split_step
 from softprompt.data.text import load_text_examples
 from softprompt.evaluate import WHOLE_SET, EvalShard, evaluate
-from softprompt.train.checkpoint import find_latest_checkpoint, load_checkpoint
+from softprompt.train.checkpoint import (
+    TrainState,
+    find_latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from softprompt.train.launch import accelerate_launch_command
 from softprompt.train.loop import train
 from softprompt.train.parallel import micro_batches
+from softprompt.tuners.prompt_tuning.io import save_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
@@ -41,14 +52,19 @@ ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
-def run(command: list[str], **env: str) -> str:
-    """Run a command as a user would (this checkout's package first); returns its output."""
+def user_env(**env: str) -> dict[str, str]:
+    """The environment a user's command runs in, with this checkout's package first."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), full_env.get("PYTHONPATH", "")])
     full_env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     full_env.update(env)
+    return full_env
+
+
+def run(command: list[str], **env: str) -> str:
+    """Run a command as a user would (this checkout's package first); returns its output."""
     done = subprocess.run(
-        command, env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        command, env=user_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, f"{command}\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
     return done.stdout + done.stderr
@@ -171,6 +187,49 @@ def test_resume_across_process_counts(text_runs):
     assert steps == [4, 5, 6]
 
 
+def test_a_signal_to_one_process_stops_all_at_the_same_step(text_runs):
+    """SIGTERM reaches the second process only. Leaving alone, it would strand the
+    first in its next collective call; instead both stop after the same step, save
+    that step together and exit, and the run resumes to the uninterrupted prompt."""
+    root, one, config = (text_runs[k] for k in ("root", "one", "config"))
+    out, pids, log = root / "stopped", root / "pids", root / "stopped.log"
+    pids.mkdir()
+    cfg = config("stopped.yaml", out, batch_size=4)
+    command = [*ACCELERATE_LAUNCH, "--config_file", str(CPU_CONFIG)]
+    command += [str(ROOT / "tests" / "crash_driver.py"), "train", str(cfg), "--no-progress"]
+    env = user_env(ACCELERATE_USE_CPU="true", CRASH_STEP_PAUSE="0.5", CRASH_PID_DIR=str(pids))
+    with open(log, "wb") as handle:
+        launcher = subprocess.Popen(command, env=env, cwd=ROOT, stdout=handle, stderr=handle)
+    ended = False
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "metrics.jsonl").is_file() and (pids / "rank-1").is_file()):
+            assert launcher.poll() is None, log.read_text()[-5000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.05)
+        os.kill(int((pids / "rank-1").read_text()), signal.SIGTERM)
+        launcher.wait(timeout=120)  # a process waiting for a stopped one never returns
+        ended = True
+    finally:
+        if not ended:  # the launcher started the processes in sessions of their own
+            launcher.kill()
+            for pid_file in pids.iterdir():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    output = log.read_text()
+    saved = re.findall(r"Interrupted: saving checkpoint-(\d+)", output)
+    assert len(saved) == 2 and saved[0] == saved[1], output[-5000:]
+    step = int(saved[0])
+    assert 1 <= step < 6
+    latest = find_latest_checkpoint(out)
+    assert latest is not None and latest.name == f"checkpoint-{step}"
+    assert (latest / "rng_state_1.safetensors").is_file()
+    assert output.count("interrupted") == 2  # both processes exited through the CLI's stop
+    launch_two(cfg, "--resume", "auto")
+    assert [e["step"] for e in events(out) if e["event"] == "train"][-1] == 6
+    assert_same_weights(out / "checkpoint-6", one / "checkpoint-6")
+
+
 def test_vision_projection_is_trained_in_step(tiny_models, tmp_path):
     """The composed VLM's projection trains beside the prompt: its gradients must be
     averaged too, or the processes' projections drift apart."""
@@ -255,6 +314,33 @@ def test_checkpoints_that_counted_batches_still_resume(tiny_models, toy_data, tm
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     loaded = load_checkpoint(path, optimizer, scheduler, process_index=1, batch_size=8)
     assert (loaded.samples_in_epoch, loaded.examples_per_step) == (16, 8)
+
+
+def test_each_process_restores_its_own_random_state(tmp_path):
+    prompt = torch.nn.Parameter(torch.zeros(2, 4))
+    optimizer = torch.optim.AdamW([prompt])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    states, draws = [], []
+    for seed in (1, 2):  # what two processes would hold
+        torch.manual_seed(seed)
+        states.append(rng_state())
+        draws.append(torch.rand(3))
+
+    def write_prompt(directory: Path) -> None:
+        save_prompt(
+            directory, prompt.detach(), family="causal_lm", base_model="tiny", fingerprint_info={}
+        )
+
+    path = save_checkpoint(
+        tmp_path, TrainState(global_step=1), write_prompt, optimizer, scheduler, states
+    )
+    assert {"rng_state.json", "rng_state_1.json", "optimizer.safetensors"} <= {
+        f.name for f in path.iterdir()
+    }
+    # Process 2 of a larger run has no state of its own here: it takes process 0's.
+    for process, expected in ((1, draws[1]), (0, draws[0]), (2, draws[0])):
+        load_checkpoint(path, optimizer, scheduler, process_index=process)
+        assert torch.equal(torch.rand(3), expected), process
 
 
 def test_sharded_evaluation_equals_the_whole(tiny_models, toy_data):

@@ -175,6 +175,8 @@ def test_checkpoints_hold_no_pickles_and_restore_exactly(run_dir):
 
 
 def test_checkpoint_written_before_safetensors_state_still_loads(run_dir):
+    """The layout of earlier versions: pickled `.pt` state (read with weights_only=True)
+    and the data position counted in batches."""
     legacy = run_dir / "checkpoint-4"
     _, optimizer, scheduler = trained_optimizer()
     for name, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
@@ -187,9 +189,13 @@ def test_checkpoint_written_before_safetensors_state_still_loads(run_dir):
     from softprompt.tuners.prompt_tuning.io import sha256_file
 
     files.update({f"{n}.pt": sha256_file(legacy / f"{n}.pt") for n in ("optimizer", "scheduler")})
+    del payload["samples_in_epoch"], payload["examples_per_step"]
+    payload["batch_in_epoch"] = 3
     (legacy / STATE_FILE).write_text(json.dumps(payload))
     _, fresh, fresh_scheduler = trained_optimizer()
-    assert load_checkpoint(legacy, fresh, fresh_scheduler).global_step == 4
+    state = load_checkpoint(legacy, fresh, fresh_scheduler, batch_size=4)
+    assert (state.global_step, state.samples_in_epoch, state.examples_per_step) == (4, 12, 4)
+    assert same(fresh.state_dict(), optimizer.state_dict())
 
 
 @pytest.mark.parametrize(
@@ -211,10 +217,23 @@ def test_damaged_trainer_state_is_refused_and_skipped(run_dir, damage):
     assert find_latest_checkpoint(run_dir) == run_dir / "checkpoint-2"
 
 
-def test_bad_step_counters_are_refused(run_dir):
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("global_step", "four"),
+        ("epoch", -1),
+        ("samples_in_epoch", 2.5),
+        ("examples_per_step", True),
+        ("bad_evals", None),
+        ("batch_in_epoch", "2"),  # the earlier name of the data position
+    ],
+)
+def test_bad_step_counters_are_refused(run_dir, field, value):
     state_path = run_dir / "checkpoint-4" / STATE_FILE
     payload = json.loads(state_path.read_text())
-    payload["global_step"] = "four"
+    if field == "batch_in_epoch":
+        del payload["samples_in_epoch"]
+    payload[field] = value
     state_path.write_text(json.dumps(payload))
     _, optimizer, scheduler = trained_optimizer()
     with pytest.raises(CheckpointError, match="counters"):
