@@ -211,7 +211,7 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(text_runs):
         launcher.wait(timeout=120)  # a process waiting for a stopped one never returns
         ended = True
     finally:
-        if not ended:  # the launcher started the processes in sessions of their own
+        if not ended:  # the launcher detached them: killing it does not end them
             launcher.kill()
             for pid_file in pids.iterdir():
                 with contextlib.suppress(ProcessLookupError, ValueError):
