@@ -41,11 +41,11 @@ bench: $(STAMP)
 	$(PY) bench/bench_predict.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench demo
-	$(VENV)/bin/ruff format --check src tests bench demo
+	$(VENV)/bin/ruff check src tests bench demo tools
+	$(VENV)/bin/ruff format --check src tests bench demo tools
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests bench demo
+	$(VENV)/bin/ruff format src tests bench demo tools
 	$(VENV)/bin/ruff check --fix src tests bench demo
 
 clean:

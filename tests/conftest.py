@@ -126,6 +126,16 @@ def _build(kind: str, directory: Path) -> Path:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny models on a shared 2-core machine run
+    fastest that way, and subprocess-driven tests match their one-thread children."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Directories of tiny GPT-2, Llama and T5 checkpoints (session-wide)."""

@@ -30,13 +30,8 @@ FINAL_STEP = 18  # 48 examples / batch 8 = 6 steps per epoch, 3 epochs
 WAIT_LIMIT = 120.0  # seconds; generous, the machine is shared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The killed run is a subprocess on one thread (crash_driver.py): so is everything here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models on a shared 2-core machine run fastest on one thread (see conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_config(directory: Path, model: Path, data: dict[str, Path]) -> Path:

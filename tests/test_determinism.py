@@ -16,13 +16,8 @@ from softprompt.train.loop import train
 COMPARED = ("adapter_model.safetensors", "optimizer.safetensors", "scheduler.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine run fastest on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models on a shared 2-core machine run fastest on one thread (see conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_identical_runs(a, b, final: str) -> None:

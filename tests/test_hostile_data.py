@@ -28,14 +28,8 @@ from softprompt.data.images import ImageError, image_digest, load_image
 from softprompt.data.text import load_text_examples
 from softprompt.data.vision import load_image_folder, load_image_text_pairs, load_vqa
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine run fastest on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models on a shared 2-core machine run fastest on one thread (see conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def png_bytes(size=(8, 8), colour=(200, 30, 30)) -> bytes:

@@ -6,21 +6,14 @@ import json
 import shutil
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import load_file
 from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
 from softprompt.cli import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine run fastest on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models on a shared 2-core machine run fastest on one thread (see conftest).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
