@@ -46,7 +46,7 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests bench demo tools
-	$(VENV)/bin/ruff check --fix src tests bench demo
+	$(VENV)/bin/ruff check --fix src tests bench demo tools
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
