@@ -20,6 +20,14 @@ class CausalLMBackbone(TextBackboneBase):
     transformer runs once, then the LM head is applied to the gathered hidden states.
     Over a 49k vocabulary that skips most of the head's matmul and the float32
     log-softmax over every input position.
+
+    When the prompt leads every row (it is the same tensor for all of them), its positions
+    are computed once instead of once per row: under the causal mask they attend only to
+    each other, so their keys and values are the same in every row. The prompt runs at
+    batch 1, its key/value cache is repeated over the batch, and the rest of each row runs
+    on top of it. The result is the full forward's, to float rounding, and the gradient
+    reaches the prompt through the cache; an 11-token prompt in front of 20-token rows
+    saves a third of the step.
     """
 
     family = "causal_lm"
@@ -60,9 +68,16 @@ class CausalLMBackbone(TextBackboneBase):
         }
 
     def _token_losses(
-        self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor,
+        shared_prefix: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-label-token cross-entropy (N,) and the (B, T-1) mask of where they sit."""
+        """Per-label-token cross-entropy (N,) and the (B, T-1) mask of where they sit.
+
+        `shared_prefix` leading positions are the same in every row (see the class doc).
+        """
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
         if is_right_padded(mask):
@@ -71,15 +86,31 @@ class CausalLMBackbone(TextBackboneBase):
             # blocks attention's fused causal path (~8% of a training step).
             mask = None
         if self._softcap is None and self._logit_scale is None:
-            hidden = self.model.base_model(
-                inputs_embeds=embeds, attention_mask=mask, use_cache=False
-            ).last_hidden_state
+            if mask is None and 0 < shared_prefix < embeds.shape[1] and embeds.shape[0] > 1:
+                hidden = self._hidden_over_shared_prefix(embeds, shared_prefix)
+            else:
+                hidden = self.model.base_model(
+                    inputs_embeds=embeds, attention_mask=mask, use_cache=False
+                ).last_hidden_state
             logits = self.model.get_output_embeddings()(hidden[:, :-1][selected])
         else:
             logits = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
             logits = logits[:, :-1][selected]
         losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
         return losses, selected
+
+    def _hidden_over_shared_prefix(self, embeds: torch.Tensor, shared: int) -> torch.Tensor:
+        """Last hidden states (B, T, D) of unpadded rows whose first `shared` positions match."""
+        rows = embeds.shape[0]
+        head = self.model.base_model(inputs_embeds=embeds[:1, :shared], use_cache=True)
+        cache = head.past_key_values
+        # repeat_interleave copies (and back-propagates into) the batch-1 keys and values.
+        cache.batch_repeat_interleave(rows)
+        tail = self.model.base_model(
+            inputs_embeds=embeds[:, shared:], past_key_values=cache, use_cache=True
+        ).last_hidden_state
+        head_hidden = head.last_hidden_state.expand(rows, -1, -1)
+        return torch.cat([head_hidden, tail], dim=1)
 
 
 def is_right_padded(mask: torch.Tensor) -> bool:

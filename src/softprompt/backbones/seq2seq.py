@@ -42,8 +42,13 @@ class Seq2SeqBackbone(TextBackboneBase):
         return batch
 
     def _token_losses(
-        self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor,
+        shared_prefix: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The encoder attends both ways, so a shared prompt is not computed once here.
         logits = self.model(
             inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False
         ).logits

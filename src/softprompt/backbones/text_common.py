@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from softprompt.backbones.base import freeze
-from softprompt.tuners.splice import assemble_inputs
+from softprompt.tuners.splice import assemble_inputs, shared_prompt_length
 
 logger = logging.getLogger("softprompt")
 
@@ -120,9 +120,16 @@ class TextBackboneBase:
         return embeds, mask, labels
 
     def _token_losses(
-        self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        labels: torch.Tensor,
+        shared_prefix: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-label-token cross-entropy (N,) and the boolean mask of where they sit."""
+        """Per-label-token cross-entropy (N,) and the boolean mask of where they sit.
+
+        `shared_prefix`: leading positions that are the same in every row (a backbone may
+        compute them once)."""
         raise NotImplementedError
 
     def loss_sum(
@@ -144,7 +151,8 @@ class TextBackboneBase:
             prompt_position: index in `[prefix][text]` where the prompt goes.
         """
         embeds, mask, labels = self._assemble(batch, prompt, prefix, prompt_position, True)
-        losses, selected = self._token_losses(embeds, mask, labels)
+        shared = shared_prompt_length(prompt, prompt_position)
+        losses, selected = self._token_losses(embeds, mask, labels, shared)
         return losses.sum(), selected.sum()
 
     def sequence_logprobs(
@@ -156,7 +164,8 @@ class TextBackboneBase:
     ) -> torch.Tensor:
         """Log-probability of each row's label tokens, summed: shape (B,)."""
         embeds, mask, labels = self._assemble(batch, prompt, prefix, prompt_position, True)
-        losses, selected = self._token_losses(embeds, mask, labels)
+        shared = shared_prompt_length(prompt, prompt_position)
+        losses, selected = self._token_losses(embeds, mask, labels, shared)
         rows = selected.nonzero()[:, 0]
         out = torch.zeros(selected.shape[0], device=losses.device, dtype=losses.dtype)
         return -out.index_add(0, rows, losses)

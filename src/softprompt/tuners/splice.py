@@ -92,3 +92,12 @@ def left_align_padding(
     order = torch.sort(mask.long(), dim=1, stable=True).indices
     embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
     return embeds, torch.gather(mask, 1, order)
+
+
+def shared_prompt_length(prompt: torch.Tensor | None, prompt_position: int) -> int:
+    """How many leading positions are provably the same in every row: the prompt's length
+    when it goes in front of everything and is one tensor repeated over the batch (a
+    stride-0 batch dimension, as `SoftPrompt` returns it), else 0."""
+    if prompt is None or prompt_position != 0 or prompt.dim() != 3:
+        return 0
+    return prompt.shape[1] if prompt.shape[0] == 1 or prompt.stride(0) == 0 else 0
