@@ -4,6 +4,7 @@ uninterrupted run ends with, bit for bit."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -177,6 +178,10 @@ def test_sigkill_resumes_to_the_uninterrupted_result(
     assert (final / "adapter_model.safetensors").read_bytes() == reference["final"]
     assert (run / "best" / "adapter_model.safetensors").read_bytes() == reference["best"]
     assert not list(run.glob(".tmp-*")), "leftovers of the killed writer remain"
+    # The log is whole JSON lines, one record per logged step (replayed steps not twice).
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["event"] == "train"]
+    assert train_steps == sorted(set(train_steps)), train_steps
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_models, data, reference, tmp_path):

@@ -16,6 +16,7 @@ from softprompt.train.checkpoint import (
     validate_checkpoint,
 )
 from softprompt.train.loop import train
+from softprompt.train.run_files import MetricsLog
 
 
 def make_config(model_dir, data, out, **training):
@@ -149,3 +150,17 @@ def test_unknown_best_metric_fails_with_available_names(tiny_models, toy_data, t
     )
     with pytest.raises(ConfigError, match="eval_loss"):
         train(cfg)
+
+
+def test_metrics_log_repairs_a_torn_line_and_forgets_replayed_steps(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"event": "train", "step": s} for s in (10, 20, 30)] + [{"event": "test"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"event": "tr')
+    log = MetricsLog(path, enabled=True)
+    assert path.read_text().endswith("\n")  # the torn line is gone
+    log.forget_after(20)
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [lines[0], lines[1], lines[3]]
+    log.write({"event": "train", "step": 30})
+    assert json.loads(path.read_text().splitlines()[-1]) == {"event": "train", "step": 30}
+    MetricsLog(tmp_path / "other.jsonl", enabled=False).forget_after(0)  # absent: no-op
+    assert not (tmp_path / "other.jsonl").exists()

@@ -13,10 +13,7 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from softprompt.backbones.base import Backbone, input_lengths
+from softprompt.backbones.base import input_lengths
 from softprompt.backbones.vision_base import move_batch
 from softprompt.config import ConfigError, RunConfig, save_config
 from softprompt.data.batching import epoch_batches, position_in_epoch
@@ -37,8 +34,6 @@ from softprompt.runtime import (
     is_vision,
     load_split,
     load_split_with_info,
-    task_record,
-    vision_settings,
 )
 from softprompt.tasks import VisionTask
 from softprompt.train.checkpoint import (
@@ -57,7 +52,14 @@ from softprompt.train.parallel import (
     make_accelerator,
     micro_batches,
 )
-from softprompt.tuners.prompt_tuning.io import fingerprint, load_prompt, save_prompt
+from softprompt.train.run_files import (
+    MetricsLog,
+    prompt_task_record,
+    replace_dir_atomically,
+    write_json_atomically,
+    write_prompt_dir,
+)
+from softprompt.tuners.prompt_tuning.io import fingerprint, load_prompt
 from softprompt.tuners.prompt_tuning.model import SoftPrompt, count_parameters, log_parameter_counts
 from softprompt.tuners.splice import IGNORE_INDEX
 
@@ -73,67 +75,6 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     if resume == "auto":
         return find_latest_checkpoint(run_dir)
     return Path(resume)
-
-
-class _MetricsLog:
-    """Appends one JSON object per event to run_dir/metrics.jsonl."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-
-def prompt_task_record(config: RunConfig, backbone, task: VisionTask | None) -> dict[str, Any]:
-    """The task and (for images) the model layout a prompt directory records."""
-    record = task_record(config)
-    if task is not None:
-        record["vision_task"] = task.to_record()
-        vision = asdict(vision_settings(config))
-        vision.pop("cache_dir", None)
-        record["vision"] = vision
-        describe = getattr(backbone, "describe", None)
-        if describe is not None:
-            record["backbone"] = describe()
-    return record
-
-
-def _write_prompt_dir(
-    directory: Path,
-    weight: torch.Tensor,
-    backbone: Backbone,
-    config: RunConfig,
-    fp: dict,
-    task_info: dict[str, Any],
-) -> None:
-    pt = config.method.prompt_tuning
-    state_for_save = getattr(backbone, "state_for_save", None)
-    save_prompt(
-        directory,
-        weight,
-        family=backbone.family,
-        base_model=config.model.name_or_path,
-        fingerprint_info=fp,
-        init_method=pt.init_method,
-        init_text=pt.init_text,
-        placement=pt.placement if task_info.get("vision") else "prepend",
-        task=task_info,
-        extra=state_for_save() if state_for_save is not None else None,
-    )
-
-
-def _replace_dir_atomically(target: Path, write) -> None:
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    old = target.parent / f".old-{target.name}-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def train(config: RunConfig, resume: str | None = None, progress: bool = False) -> dict[str, Any]:
@@ -263,10 +204,12 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     greater = t.greater_is_better
     if greater is None:
         greater = not lower_is_better(metric_name)
-    log = _MetricsLog(run_dir / "metrics.jsonl", main)
+    log = MetricsLog(run_dir / "metrics.jsonl", main)
+    if resume:
+        log.forget_after(state.global_step)
 
     def write_prompt(directory: Path) -> None:
-        _write_prompt_dir(directory, raw_prompt.embedding.weight, backbone, config, fp, task_info)
+        write_prompt_dir(directory, raw_prompt.embedding.weight, backbone, config, fp, task_info)
 
     shard = EvalShard(rank, world, gather_object)
 
@@ -327,7 +270,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         if improved:
             state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
             if main:
-                _replace_dir_atomically(run_dir / "best", write_prompt)
+                replace_dir_atomically(run_dir / "best", write_prompt)
         else:
             state.bad_evals += 1
         patience = t.early_stopping_patience
@@ -448,7 +391,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
     if last_saved != state.global_step:
         checkpoint()
     if main and not (run_dir / "best").exists():
-        _replace_dir_atomically(run_dir / "best", write_prompt)
+        replace_dir_atomically(run_dir / "best", write_prompt)
     accelerator.wait_for_everyone()  # best/ is complete before any process reads it
 
     results: dict[str, Any] = {
@@ -481,7 +424,7 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         results.update(test_metrics)
         log.write({"event": "test", "step": state.global_step, **test_metrics})
     if main:
-        (run_dir / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json_atomically(run_dir / "all_results.json", results)
     return results
 
 

@@ -1,0 +1,120 @@
+"""Files a training run writes: metrics.jsonl, all_results.json and prompt directories.
+
+Each is written so that a run killed at any moment leaves either the old or the new
+file, never a torn one (metrics.jsonl: at most a partial last line, which the next
+writer drops).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.backbones.base import Backbone
+from softprompt.config import RunConfig
+from softprompt.runtime import task_record, vision_settings
+from softprompt.tasks import VisionTask
+from softprompt.tuners.prompt_tuning.io import save_prompt
+
+
+class MetricsLog:
+    """Appends one JSON object per event to run_dir/metrics.jsonl.
+
+    A run killed while writing can leave a partial last line; it is cut off when the
+    log is opened again (on resume), so every line of the file stays valid JSON.
+    """
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled:
+            drop_partial_last_line(path)
+
+    def forget_after(self, step: int) -> None:
+        """Drop records of steps after `step`: a run resumed from that step's checkpoint
+        logs them again, so each step keeps one record."""
+        if not self.enabled or not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            tmp = self.path.parent / f".tmp-{self.path.name}-{os.getpid()}"
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def drop_partial_last_line(path: Path) -> None:
+    """Truncate a text file after its last newline (no-op when it ends with one)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def prompt_task_record(config: RunConfig, backbone, task: VisionTask | None) -> dict[str, Any]:
+    """The task and (for images) the model layout a prompt directory records."""
+    record = task_record(config)
+    if task is not None:
+        record["vision_task"] = task.to_record()
+        vision = asdict(vision_settings(config))
+        vision.pop("cache_dir", None)
+        record["vision"] = vision
+        describe = getattr(backbone, "describe", None)
+        if describe is not None:
+            record["backbone"] = describe()
+    return record
+
+
+def write_prompt_dir(
+    directory: Path,
+    weight: torch.Tensor,
+    backbone: Backbone,
+    config: RunConfig,
+    fp: dict,
+    task_info: dict[str, Any],
+) -> None:
+    pt = config.method.prompt_tuning
+    state_for_save = getattr(backbone, "state_for_save", None)
+    save_prompt(
+        directory,
+        weight,
+        family=backbone.family,
+        base_model=config.model.name_or_path,
+        fingerprint_info=fp,
+        init_method=pt.init_method,
+        init_text=pt.init_text,
+        placement=pt.placement if task_info.get("vision") else "prepend",
+        task=task_info,
+        extra=state_for_save() if state_for_save is not None else None,
+    )
+
+
+def replace_dir_atomically(target: Path, write) -> None:
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    old = target.parent / f".old-{target.name}-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Write JSON next to `path`, then rename it over: readers never see half a file."""
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
