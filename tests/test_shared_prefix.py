@@ -99,3 +99,24 @@ def test_shared_prompt_length_only_for_provably_equal_rows() -> None:
     # Equal values in separate rows are not trusted (a per-row prompt could differ).
     assert shared_prompt_length(weight.unsqueeze(0).repeat(4, 1, 1), 0) == 0
     assert shared_prompt_length(None, 0) == 0
+
+
+def test_gradient_checkpointing_takes_the_plain_path(tiny_models, monkeypatch) -> None:
+    # Checkpointing turns the KV cache off in training: the shared path would get no cache.
+    backbone = load_backbone(str(tiny_models["llama"]))
+    rows = [
+        TextExample(id="0", input="a b", target="c"),
+        TextExample(id="1", input="a b c", target="d"),
+    ]
+    batch = backbone.collate(rows, ENC, True)
+    weight = backbone.word_embeddings()[5:8]
+    want = loss_and_grads(backbone, batch, weight, shared=False)
+    backbone.model.train()
+    backbone.model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    calls = count_shared_calls(monkeypatch)
+    got = loss_and_grads(backbone, batch, weight, shared=True)
+    assert calls == []
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    assert_grads_close(got[3], want[3])

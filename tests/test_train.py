@@ -164,3 +164,10 @@ def test_metrics_log_repairs_a_torn_line_and_forgets_replayed_steps(tmp_path):
     assert json.loads(path.read_text().splitlines()[-1]) == {"event": "train", "step": 30}
     MetricsLog(tmp_path / "other.jsonl", enabled=False).forget_after(0)  # absent: no-op
     assert not (tmp_path / "other.jsonl").exists()
+
+
+def test_metrics_log_keeps_lines_it_cannot_read_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('not json\n[1, 2]\n{"event": "train", "step": 40}\n')
+    MetricsLog(path, enabled=True).forget_after(20)
+    assert path.read_text() == "not json\n[1, 2]\n"

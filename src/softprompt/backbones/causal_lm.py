@@ -86,7 +86,15 @@ class CausalLMBackbone(TextBackboneBase):
             # blocks attention's fused causal path (~8% of a training step).
             mask = None
         if self._softcap is None and self._logit_scale is None:
-            if mask is None and 0 < shared_prefix < embeds.shape[1] and embeds.shape[0] > 1:
+            # Gradient checkpointing turns the KV cache off in training, so it recomputes
+            # the prompt per row like the plain path.
+            checkpointing = self.model.is_gradient_checkpointing and self.model.training
+            if (
+                mask is None
+                and not checkpointing
+                and 0 < shared_prefix < embeds.shape[1]
+                and embeds.shape[0] > 1
+            ):
                 hidden = self._hidden_over_shared_prefix(embeds, shared_prefix)
             else:
                 hidden = self.model.base_model(

@@ -41,11 +41,9 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        kept = [line for line in lines if _record_step(line) <= step]
         if len(kept) != len(lines):
-            tmp = self.path.parent / f".tmp-{self.path.name}-{os.getpid()}"
-            tmp.write_text("".join(kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_text_atomically(self.path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -113,8 +111,23 @@ def replace_dir_atomically(target: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json_atomically(path: Path, value: Any) -> None:
-    """Write JSON next to `path`, then rename it over: readers never see half a file."""
+def _record_step(line: str) -> int:
+    """The step a metrics.jsonl line records; 0 (kept) for lines without one or that
+    are not JSON objects, so a hand-edited log never stops a resume."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return 0
+    step = record.get("step", 0) if isinstance(record, dict) else 0
+    return step if isinstance(step, int) else 0
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write next to `path`, then rename it over: readers never see half a file."""
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    tmp.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    write_text_atomically(path, json.dumps(value, indent=2))
