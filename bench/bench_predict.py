@@ -1,11 +1,11 @@
-"""Folder prediction on the embedded VLM: batched VisionPredictor.predict vs a per-image loop.
+"""Folder prediction on the embedded VLM: batched LoadedModel.predict vs a per-image loop.
 
     python bench/bench_predict.py [--images 48] [--rounds 2] [--quick]
 
 A prompt directory comes from a 1-step training run (configs/easyvqa_effnet_smollm2.yaml,
 max_steps=1, 16 train questions) into a temp dir; both paths load RUN/best through
-`VisionPredictor.from_prompt_dir`. Inputs: easy-VQA test images, one question each.
-  * batched: `VisionPredictor.predict(examples, batch_size=16)` with feature_cache="memory",
+`LoadedModel.from_bundle`. Inputs: easy-VQA test images, one question each.
+  * batched: `LoadedModel.predict(examples, batch_size=16)` with feature_cache="memory",
     starting from an empty cache (a fresh folder: every image is encoded once, 32 a forward).
   * naive (as the seed-000 inference script): for each image, load it, preprocess, run the
     frozen encoder and the projection (feature_cache="off") and generate with batch size 1
@@ -39,8 +39,8 @@ from softprompt.backbones.feature_cache import FeatureCache  # noqa: E402
 from softprompt.config import load_config  # noqa: E402
 from softprompt.data.records import VisionExample  # noqa: E402
 from softprompt.data.vision import load_vision_examples  # noqa: E402
-from softprompt.evaluate import expand_prompt  # noqa: E402
-from softprompt.predict import VisionPredictor  # noqa: E402
+from softprompt.tuners.base import PromptInput  # noqa: E402
+from softprompt.loaded import LoadedModel  # noqa: E402
 from softprompt.train.loop import train  # noqa: E402
 
 THREADS, BATCH = 2, 16
@@ -88,17 +88,17 @@ def timed(fn, max_wait: float) -> tuple[dict[str, str], dict]:
     return predictions, {"seconds": wall, "cpu_seconds": cpu, "background_cores": other / wall}
 
 
-def batched(pred: VisionPredictor, examples: list[VisionExample]) -> dict[str, str]:
+def batched(pred: LoadedModel, examples: list[VisionExample]) -> dict[str, str]:
     bb = pred.backbone
     bb.cache = FeatureCache(bb.cache.namespace, max_items=bb.cache.max_items)  # a cold cache
     return {r["id"]: r["prediction"] for r in pred.predict(examples, batch_size=BATCH)}
 
 
 @torch.no_grad()
-def naive(pred: VisionPredictor, examples: list[VisionExample]) -> dict[str, str]:
+def naive(pred: LoadedModel, examples: list[VisionExample]) -> dict[str, str]:
     bb, task = pred.backbone, pred.task
     bb.model.eval()
-    prompt = expand_prompt(pred.prompt.weight.to(bb.word_embeddings().dtype), 1)
+    prompt = pred.tuners.prompt_input(1)
     out = {}
     for example in examples:  # load + preprocess + encode + project + generate, one image
         batch = bb.collate(task.prepare([example]), pred.settings, with_targets=False)
@@ -112,7 +112,7 @@ def report(r: dict) -> str:
         "| path | images | best s | images/s | CPU s | other processes (cores) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, x in ((f"batched VisionPredictor.predict (bs {BATCH})", b), ("naive loop", n)):
+    for name, x in ((f"batched LoadedModel.predict (bs {BATCH})", b), ("naive loop", n)):
         lines.append(
             f"| {name} | {r['images']} | {x['seconds']:.2f} | {x['images_per_s']:.2f} | "
             f"{x['cpu_seconds']:.2f} | {x['background_cores']:.2f} |"
@@ -140,8 +140,8 @@ def main() -> None:
     logging.getLogger("softprompt").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         prompt_dir = make_prompt_dir(Path(tmp))
-        fast = VisionPredictor.from_prompt_dir(prompt_dir, feature_cache="memory")
-        slow = VisionPredictor.from_prompt_dir(prompt_dir, feature_cache="off")
+        fast = LoadedModel.from_bundle(prompt_dir, device="cpu", feature_cache="memory")
+        slow = LoadedModel.from_bundle(prompt_dir, device="cpu", feature_cache="off")
     examples = test_examples(args.images, skip=4)
     warm = test_examples(4)  # untimed warm-up on other images (first-call costs)
     batched(fast, warm)

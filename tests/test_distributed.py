@@ -31,7 +31,8 @@ from softprompt.cli import main
 from softprompt.config import load_config
 from softprompt.data.batching import position_in_epoch, split_step
 from softprompt.data.text import load_text_examples
-from softprompt.evaluate import WHOLE_SET, EvalShard, evaluate
+from softprompt.evaluate import WHOLE_SET, EvalShard, evaluate, fixed_prompt
+from softprompt.tasks import TextTask
 from softprompt.train.checkpoint import (
     TrainState,
     find_latest_checkpoint,
@@ -351,7 +352,13 @@ def test_sharded_evaluation_equals_the_whole(tiny_models, toy_data):
 
     def score(shard):
         return evaluate(
-            backbone, prompt, examples, settings, batch_size=4, max_new_tokens=2, shard=shard
+            backbone,
+            fixed_prompt(prompt),
+            examples,
+            TextTask(max_new_tokens=2),
+            settings,
+            batch_size=4,
+            shard=shard,
         )
 
     whole, whole_preds = score(WHOLE_SET)

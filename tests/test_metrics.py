@@ -152,7 +152,7 @@ def test_cider_hand_worked_and_ordering() -> None:
 
 
 def test_vqa_task_reports_consensus_accuracy_only_for_annotator_sets() -> None:
-    from softprompt.evaluate_vision import task_metrics
+    from softprompt.tasks import task_metrics
     from softprompt.tasks import VisionTask
 
     task = VisionTask(type="vqa", template="Question: {question} Answer:")

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
 from softprompt.data.records import TextExample
-from softprompt.evaluate import expand_prompt
+from softprompt.tuners.base import PromptInput
 from softprompt.tuners.prompt_tuning.io import (
     check_compatible,
     fingerprint,
@@ -53,7 +53,7 @@ def test_causal_loss_matches_peft(tiny_models, kind):
     assert not bool(batch["attention_mask"].all())
     with torch.no_grad():
         ref = peft(**batch).loss
-        total, count = ours.loss_sum(batch, expand_prompt(prompt, 6))
+        total, count = ours.loss_sum(batch, PromptInput.single(prompt, 6))
     assert torch.allclose(total / count, ref, rtol=1e-5), (float(total / count), float(ref))
 
 
@@ -66,7 +66,7 @@ def test_seq2seq_loss_matches_peft(tiny_models):
     batch = ours.collate(examples(), EncodeSettings(), with_targets=True)
     with torch.no_grad():
         ref = peft(**batch).loss
-        total, count = ours.loss_sum(batch, expand_prompt(prompt, 6))
+        total, count = ours.loss_sum(batch, PromptInput.single(prompt, 6))
     assert torch.allclose(total / count, ref, rtol=1e-5)
 
 
@@ -83,7 +83,7 @@ def test_greedy_generation_matches_peft(tiny_models, kind):
         ex = [TextExample(id="0", input=text)]
         batch = ours.collate(ex, EncodeSettings(), with_targets=False)
         assert torch.equal(batch["input_ids"], enc["input_ids"])  # tokenizer(text) exactly
-        got = ours.generate_ids(batch, expand_prompt(prompt, 1), 8)
+        got = ours.generate_ids(batch, PromptInput.single(prompt, 1), 8)
         new = expected[0, enc["input_ids"].shape[1] :]
         assert got[0, : len(new)].tolist() == new.tolist()
 
@@ -93,9 +93,9 @@ def test_batched_generation_equals_one_at_a_time(tiny_models):
     prompt = torch.randn(P, ours.hidden_size) * 0.5
     exs = examples(5)
     batch = ours.collate(exs, EncodeSettings(), with_targets=False)
-    together = ours.generate(batch, expand_prompt(prompt, 5), 6)
+    together = ours.generate(batch, PromptInput.single(prompt, 5), 6)
     alone = [
-        ours.generate(ours.collate([e], EncodeSettings(), False), expand_prompt(prompt, 1), 6)[0]
+        ours.generate(ours.collate([e], EncodeSettings(), False), PromptInput.single(prompt, 1), 6)[0]
         for e in exs
     ]
     assert together == alone
@@ -171,12 +171,14 @@ def test_tampered_prompt_fails_checksum(tiny_models, tmp_path):
 def test_sequence_logprobs_sum_to_the_batch_loss(tiny_models, kind):
     ours = load_backbone(str(tiny_models[kind]))
     ours.model.eval()
-    prompt = expand_prompt(torch.randn(P, ours.hidden_size), 6)
+    weight = torch.randn(P, ours.hidden_size)
+    prompt = PromptInput.single(weight, 6)
     batch = ours.collate(examples(), EncodeSettings(), with_targets=True)
     with torch.no_grad():
         per_row = ours.sequence_logprobs(batch, prompt)
         total, _ = ours.loss_sum(batch, prompt)
-        single = ours.sequence_logprobs({k: v[:1] for k, v in batch.items()}, prompt[:1])
+        first = {k: v[:1] for k, v in batch.items()}
+        single = ours.sequence_logprobs(first, PromptInput.single(weight, 1))
     assert per_row.shape == (6,)
     torch.testing.assert_close(-per_row.sum(), total, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(single[0], per_row[0], rtol=1e-4, atol=1e-4)

@@ -88,6 +88,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         predict=not args.loss_only,
         progress=not args.no_progress,
         predictions_path=args.predictions,
+        adapters=_adapter_switches(args.adapter),
     )
     if not any(split in results for split in ("val", "test")):
         print("no labelled data: set data.val_test_path or data.test_path", file=sys.stderr)
@@ -109,64 +110,50 @@ def _prompt_path(args: argparse.Namespace) -> str | None:
     return str(resolve_prompt_name(args.prompts_dir, args.prompt))
 
 
-def _is_image_prompt(prompt_dir: str | None) -> bool:
-    meta = Path(prompt_dir or "") / "softprompt.json"
-    try:
-        task = json.loads(meta.read_text(encoding="utf-8")).get("task", {})
-    except (OSError, ValueError, AttributeError):
-        return False  # not there or damaged: loading the prompt reports it properly
-    return isinstance(task, dict) and "vision_task" in task
+def _adapter_switches(values: list[str] | None) -> dict[str, bool]:
+    """`--adapter lora=off --adapter prompt=on` -> {"lora": False, "prompt": True}."""
+    from softprompt.config import ConfigError
 
-
-def _cmd_predict_images(args: argparse.Namespace) -> int:
-    from softprompt.predict import VisionPredictor, image_inputs, summarize, write_records
-
-    if args.prompt is None:
-        print("predict on images needs --prompt DIR (a trained image prompt)", file=sys.stderr)
-        return EXIT_USAGE
-    examples = image_inputs(args.image, args.image_dir, args.input, args.question)
-    predictor = VisionPredictor.from_prompt_dir(
-        args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
-    )
-    records = predictor.predict(examples, args.batch_size, progress=not args.no_progress)
-    if args.output:
-        write_records(records, args.output)
-        print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
-    else:
-        for record in records:
-            print(json.dumps(record, ensure_ascii=False))
-    print(f"summary: {json.dumps(summarize(records))}", file=sys.stderr)
-    return 0
+    states = {}
+    for value in values or []:
+        name, _, state = value.partition("=")
+        if state.lower() not in ("on", "off", "true", "false", "1", "0"):
+            raise ConfigError(f"--adapter {value!r}: expected NAME=on or NAME=off")
+        states[name.strip()] = state.lower() in ("on", "true", "1")
+    return states
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from softprompt.data.records import TextExample
-    from softprompt.predict import Predictor, read_inputs, write_records
+    from softprompt.loaded import LoadedModel
+    from softprompt.predict import image_inputs, read_inputs, summarize, write_records
 
     args.prompt = _prompt_path(args)
-    if args.image or args.image_dir or _is_image_prompt(args.prompt):
-        return _cmd_predict_images(args)
-    if args.text is None and args.input is None:
+    if args.prompt is None:
+        print("predict needs --prompt DIR (a trained prompt or adapter bundle)", file=sys.stderr)
+        return EXIT_USAGE
+    loaded = LoadedModel.from_bundle(args.prompt, model=args.model, max_new_tokens=args.max_new_tokens)
+    loaded.set_adapters(_adapter_switches(args.adapter))
+    images = loaded.task.type != "text2text"
+    if images:
+        examples = image_inputs(
+            args.image, args.image_dir, args.input, args.question, task_type=loaded.task.type
+        )
+    elif args.image or args.image_dir:
+        print("this prompt was trained for text; give --text or --input", file=sys.stderr)
+        return EXIT_USAGE
+    elif args.text is not None:
+        examples = [
+            TextExample(id=str(i), input=loaded.apply_template(t)) for i, t in enumerate(args.text)
+        ]
+    elif args.input is not None:
+        field = args.input_field or loaded.task_record.get("input_field", "input")
+        examples = read_inputs(args.input, field, loaded.task_record.get("template"))
+    else:
         print("predict needs --text or --input", file=sys.stderr)
         return EXIT_USAGE
-    if args.prompt is None and args.model is None:
-        print("predict needs --prompt DIR (or --model for the bare model)", file=sys.stderr)
-        return EXIT_USAGE
-    predictor = Predictor.from_prompt_dir(
-        args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
-    )
-    if args.text is not None:
-        examples = [
-            TextExample(id=str(i), input=predictor.apply_template(t))
-            for i, t in enumerate(args.text)
-        ]
-    else:
-        task = predictor.prompt.meta.get("task", {}) if predictor.prompt else {}
-        examples = read_inputs(
-            args.input, args.input_field or task.get("input_field", "input"), predictor.template
-        )
-    records = list(predictor.predict(examples, args.batch_size, progress=not args.no_progress))
-    if args.text is not None:
+    records = loaded.predict(examples, args.batch_size, progress=not args.no_progress)
+    if args.text is not None and not images:
         for record, text in zip(records, args.text, strict=True):
             record["input"] = text
     if args.output:
@@ -175,7 +162,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
+    if images:
+        print(f"summary: {json.dumps(summarize(records))}", file=sys.stderr)
     return 0
+
+
+def _add_adapter_switch(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="NAME=on|off",
+        help="switch an adapter of the bundle on or off (prompt, lora), e.g. --adapter "
+        "prompt=off; repeatable; no reload, no retraining",
+    )
 
 
 def _add_prompts_dir(p: argparse.ArgumentParser) -> None:
@@ -226,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the metrics JSON here")
     p.add_argument("--predictions", help="write per-example predictions (PATH.<split>.jsonl)")
     p.add_argument("--loss-only", action="store_true", help="skip generation metrics")
+    _add_adapter_switch(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--batch-size", type=int, default=8)
+    _add_adapter_switch(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)
     return parser

@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from softprompt.tuners.full.config import FullSettings
+from softprompt.tuners.lora.config import LoraSettings
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
 
 
@@ -64,6 +73,26 @@ class ModelConfig(_Section):
 
 class MethodConfig(_Section):
     prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    full: FullSettings = Field(default_factory=FullSettings)
+
+    @model_validator(mode="after")
+    def _methods_fit_together(self) -> MethodConfig:
+        if self.full.enabled and self.lora.enabled:
+            raise ValueError(
+                "method.full and method.lora are both enabled: full fine-tuning already trains "
+                "every weight LoRA would adapt; enable one of them"
+            )
+        if self.lora.quantization_bit and not self.lora.enabled:
+            raise ValueError(
+                "method.lora.quantization_bit is set but method.lora.enabled is false: "
+                "quantized base weights can only be trained through LoRA (QLoRA)"
+            )
+        return self
+
+    def enabled_methods(self) -> list[str]:
+        """Names of the enabled methods, e.g. ["prompt_tuning", "lora"]."""
+        return [n for n in ("prompt_tuning", "lora", "full") if getattr(self, n).enabled]
 
 
 class DataConfig(_Section):
@@ -285,6 +314,8 @@ _SECTIONS = {
     "model": ModelConfig,
     "method": MethodConfig,
     "method.prompt_tuning": PromptTuningConfig,
+    "method.lora": LoraSettings,
+    "method.full": FullSettings,
     "data": DataConfig,
     "task": TaskConfig,
     "training": TrainingConfig,

@@ -1,4 +1,4 @@
-"""`softprompt eval`: score a prompt (or the bare model) on a config's val/test data."""
+"""`softprompt eval`: score adapters (or the bare model) on a config's val/test data."""
 
 from __future__ import annotations
 
@@ -6,18 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.config import ConfigError, RunConfig
-from softprompt.evaluate import evaluate
-from softprompt.evaluate_vision import evaluate_vision
+from softprompt.loaded import LoadedModel, default_device, tuners_from_bundle
 from softprompt.predict import write_records
-from softprompt.runtime import (
-    backbone_from_config,
-    encode_settings,
-    is_vision,
-    load_split,
-    load_split_with_info,
-)
-from softprompt.tasks import VisionTask
-from softprompt.tuners.prompt_tuning.io import check_compatible, load_prompt
+from softprompt.runtime import backbone_from_config, encode_settings, load_split, load_split_with_info
+from softprompt.tasks import Task, VisionTask, task_from_config
+from softprompt.tuners.bundle import read_bundle
+from softprompt.tuners.tuner_set import TunerSet
 
 
 def _classes(config: RunConfig) -> list[str] | None:
@@ -34,6 +28,33 @@ def _classes(config: RunConfig) -> list[str] | None:
     return None
 
 
+def load_for_evaluation(
+    config: RunConfig,
+    prompt_dir: str | None = None,
+    model: str | None = None,
+    adapters: dict[str, bool] | None = None,
+) -> LoadedModel:
+    """The config's backbone with a bundle's adapters (none: zero-shot), on the device.
+
+    For image tasks, a bundle's own task record (classes, label words, template) takes
+    precedence over the config, so adapters are scored the way they were trained.
+    """
+    backbone = backbone_from_config(config, model)
+    bundle = read_bundle(prompt_dir) if prompt_dir else None
+    tuners = tuners_from_bundle(bundle, backbone) if bundle else TunerSet([], backbone)
+    record = bundle.task.get("vision_task") if bundle else None
+    task: Task
+    if record and config.task.type != "text2text":
+        task = VisionTask.from_record(record)
+    else:
+        task = task_from_config(config, _classes(config) if config.task.type == "classify" else None)
+    loaded = LoadedModel(
+        backbone, tuners, task, encode_settings(config), bundle.task if bundle else {}, default_device()
+    )
+    loaded.set_adapters(adapters or {})
+    return loaded
+
+
 def run_evaluation(
     config: RunConfig,
     prompt_dir: str | None = None,
@@ -42,62 +63,23 @@ def run_evaluation(
     predict: bool = True,
     progress: bool = False,
     predictions_path: str | None = None,
+    adapters: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     """Metrics per split; without `prompt_dir` the bare model is scored (zero-shot).
 
-    For image tasks, a prompt directory's own task record (classes, label words,
-    template) takes precedence over the config, so the prompt is scored the way it was
-    trained.
+    Args:
+        adapters: hot switches applied after loading, e.g. {"prompt": False}.
     """
-    loaded = load_prompt(prompt_dir) if prompt_dir else None
-    backbone = backbone_from_config(config, model)
-    prompt = None
-    if loaded is not None:
-        check_compatible(loaded, backbone)
-        if loaded.extra:
-            backbone.load_saved_state(loaded.extra)
-        prompt = loaded.weight.to(backbone.word_embeddings().dtype)
-    task = None
-    if is_vision(config):
-        record = (loaded.meta.get("task", {}) if loaded else {}).get("vision_task")
-        task = (
-            VisionTask.from_record(record)
-            if record
-            else VisionTask.from_config(config, _classes(config))
-        )
-    settings = encode_settings(config)
+    loaded = load_for_evaluation(config, prompt_dir, model, adapters)
     batch_size = config.training.eval_batch_size or config.training.batch_size
-    results: dict[str, Any] = {"prompt": prompt_dir, "model": backbone.name_or_path}
+    results: dict[str, Any] = {"prompt": prompt_dir, "model": loaded.backbone.name_or_path}
+    if loaded.tuners.states():
+        results["adapters"] = loaded.tuners.states()
     for split in splits:
         examples = load_split(config, split)
         if not examples:
             continue
-        if task is not None:
-            metrics, records = evaluate_vision(
-                backbone,
-                prompt,
-                examples,
-                task,
-                settings,
-                batch_size=batch_size,
-                predict=predict or task.options() is not None,
-                progress=progress,
-            )
-        else:
-            metrics, predictions = evaluate(
-                backbone,
-                prompt,
-                examples,
-                settings,
-                batch_size=batch_size,
-                max_new_tokens=config.task.max_new_tokens,
-                generate=predict,
-                progress=progress,
-            )
-            records = [
-                {"id": e.id, "input": e.input, "target": e.target, "prediction": p}
-                for e, p in zip(examples, predictions, strict=False)
-            ]
+        metrics, records = loaded.evaluate(examples, batch_size, predict=predict, progress=progress)
         results[split] = metrics
         if predictions_path:
             write_records(records, Path(predictions_path).with_suffix(f".{split}.jsonl"))

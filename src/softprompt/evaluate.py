@@ -1,20 +1,23 @@
-"""Evaluation: loss over label tokens plus generation metrics for the task."""
+"""Evaluation and prediction, one path for every task: loss over label tokens, then
+scored options (classify, closed answers) or generated text, then the task's metrics."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from softprompt.backbones.base import Backbone, EncodeSettings, input_lengths
+from softprompt.backbones.base import EncodeSettings
+from softprompt.backbones.vision_base import move_batch
 from softprompt.data.batching import epoch_batches
-from softprompt.data.records import TextExample
-from softprompt.metrics import perplexity, text_generation_metrics
+from softprompt.metrics import perplexity
+from softprompt.tasks import Task
+from softprompt.tuners.base import PromptInput
 
 
 @dataclass(frozen=True)
@@ -61,84 +64,119 @@ class EvalShard:
 
 WHOLE_SET = EvalShard()
 
-
-def expand_prompt(prompt: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-    """(P, D) -> (B, P, D) without copying."""
-    if prompt is None:
-        return None
-    return prompt.unsqueeze(0).expand(batch_size, -1, -1)
+# Returns the batch's prompts for a number of rows (None: no prompt).
+PromptSource = Callable[[int], PromptInput | None]
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
+def no_prompt(batch_size: int) -> None:
+    """The bare model (zero-shot)."""
+    return None
+
+
+def fixed_prompt(weight: torch.Tensor | None) -> PromptSource:
+    """A source giving one (P, D) prompt (or none) to every row."""
+    if weight is None:
+        return no_prompt
+    return lambda batch_size: PromptInput.single(weight, batch_size)
+
+
+def score_options(
+    backbone, prompts: PromptSource, chunk: list, task: Task, settings: EncodeSettings
+) -> torch.Tensor:
+    """(B, K) summed log-probabilities of each candidate output (label words, answers).
+
+    Each example is repeated once per option with that option as its target; image
+    features come from the cache, so only the language model runs K times.
+    """
+    rows = [replace(e, target=t) for e in chunk for t in task.option_targets(e.text)]
+    k = len(rows) // len(chunk)
+    device = next(backbone.model.parameters()).device
+    batch = move_batch(backbone.collate(rows, settings, with_targets=True), device)
+    scores = backbone.sequence_logprobs(batch, prompts(len(rows)))
+    return scores.float().view(len(chunk), k).cpu()
+
+
+def _option_record(task: Task, probs: torch.Tensor) -> dict[str, Any]:
+    names = task.classes if task.type == "classify" else task.options() or []
+    best = int(probs.argmax())
+    return {
+        "prediction": names[best],
+        "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)},
+    }
+
+
+def _outputs(backbone, prompts, chunk, task, settings, device) -> list[dict[str, Any]]:
+    """Scored options or generated text for one batch of prepared examples."""
+    if task.options():
+        probs = torch.softmax(score_options(backbone, prompts, chunk, task, settings), -1)
+        return [_option_record(task, row) for row in probs]
+    batch = move_batch(backbone.collate(chunk, settings, with_targets=False), device)
+    texts = backbone.generate(batch, prompts(len(chunk)), task.max_new_tokens)
+    return [{"prediction": t} for t in texts]
 
 
 @torch.no_grad()
 def evaluate(
-    backbone: Backbone,
-    prompt: torch.Tensor | None,
-    examples: list[TextExample],
+    backbone,
+    prompts: PromptSource,
+    examples: list,
+    task: Task,
     settings: EncodeSettings,
     *,
     batch_size: int,
-    max_new_tokens: int,
-    generate: bool = True,
+    predict: bool = True,
+    with_loss: bool = True,
     progress: bool = False,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     shard: EvalShard = WHOLE_SET,
-) -> tuple[dict[str, float], list[str]]:
-    """Score a prompt (or the bare model when `prompt` is None) on labelled examples.
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score a model (its prompts from `prompts`; `no_prompt` for zero-shot) on examples.
 
     `loss` is total cross-entropy / total label tokens over the whole set (a per-token
-    mean, the definition transformers uses within a batch, extended to the set).
-    With a `shard`, this process scores its part and the metrics cover every part.
+    mean, the definition transformers uses within a batch, extended to the set). Tasks
+    with options (classify, closed answers) are always scored, since that is cheap.
+    With a `shard`, this process scores its part and metrics and records cover every part.
 
     Returns:
-        (metrics, predictions): metrics without prefix (loss, perplexity, and with
-        `generate` bleu, rouge1, rouge2, rougeL, exact_match); predictions in input order
-        (empty without `generate`).
+        (metrics, records). Metrics: `loss`, `perplexity`, `num_samples` and, when
+        predicting, the task's metrics. Records: one per example in input order (empty
+        when not predicting).
     """
     model = backbone.model
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    predict = predict or task.options() is not None
+    prepared = task.prepare(examples)
     positions = shard.positions(len(examples))
-    local = [examples[i] for i in positions]
-    lengths = input_lengths(local, backbone.tokenizer) if local else []
+    lengths = task.lengths([prepared[i] for i in positions], backbone.tokenizer)
     # Sorted by length (no shuffle) so batches carry little padding.
     batches = epoch_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False)
     total_loss, total_tokens = 0.0, 0
-    predicted: dict[int, str] = {}
-    bar = tqdm(total=len(batches), desc="eval", disable=not progress, leave=False)
-    for local_indices in batches:
+    scored: dict[int, dict[str, Any]] = {}
+    for local_indices in tqdm(batches, desc="eval", disable=not progress, leave=False):
         indices = [positions[i] for i in local_indices]
-        chunk = [examples[i] for i in indices]
-        p = expand_prompt(prompt, len(chunk))
+        chunk = [prepared[i] for i in indices]
         with autocast():
             labelled = [e for e in chunk if e.target is not None]
-            if labelled:
-                batch = _to(backbone.collate(labelled, settings, with_targets=True), device)
-                loss, count = backbone.loss_sum(batch, expand_prompt(prompt, len(labelled)))
+            if with_loss and labelled:
+                batch = move_batch(backbone.collate(labelled, settings, with_targets=True), device)
+                loss, count = backbone.loss_sum(batch, prompts(len(labelled)))
                 total_loss += float(loss)
                 total_tokens += int(count)
-            if generate:
-                batch = _to(backbone.collate(chunk, settings, with_targets=False), device)
-                for i, text in zip(
-                    indices, backbone.generate(batch, p, max_new_tokens), strict=True
-                ):
-                    predicted[i] = text
-        bar.update(1)
-    bar.close()
+            if predict:
+                outputs = _outputs(backbone, prompts, chunk, task, settings, device)
+                for i, output in zip(indices, outputs, strict=True):
+                    scored[i] = task.record(examples[i], output)
     model.train(was_training)
-    total_loss, total_tokens, predicted = shard.join(total_loss, total_tokens, predicted)
+    total_loss, total_tokens, scored = shard.join(total_loss, total_tokens, scored)
     mean_loss = total_loss / total_tokens if total_tokens else math.nan
-    metrics: dict[str, float] = {
+    metrics: dict[str, Any] = {
         "loss": mean_loss,
         "perplexity": perplexity(mean_loss),
         "num_samples": len(examples),
     }
-    preds = [predicted.get(i) or "" for i in range(len(examples))] if generate else []
-    if generate:
-        refs = [e.references or [e.target or ""] for e in examples]
-        metrics.update(text_generation_metrics(preds, refs))
-    return metrics, preds
+    records = [scored[i] for i in sorted(scored)]
+    if predict and records:
+        metrics.update(task.metrics(examples, records))
+    return metrics, records

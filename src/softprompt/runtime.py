@@ -40,14 +40,26 @@ def vision_settings(config: RunConfig) -> VisionSettings:
     )
 
 
-def backbone_from_config(config: RunConfig, name_or_path: str | None = None) -> Backbone:
-    m = config.model
+def backbone_from_config(
+    config: RunConfig, name_or_path: str | None = None, device: str = "cpu"
+) -> Backbone:
+    """The config's backbone; QLoRA (`method.lora.quantization_bit`) is checked first, so
+    a machine without bitsandbytes support for it stops here with the reason."""
+    m, lora = config.model, config.method.lora
+    bits = lora.quantization_bit if lora.enabled else None
+    if bits:
+        from softprompt.tuners.lora.quantization import quantization_support
+
+        problem = quantization_support(bits, device)
+        if problem:
+            raise ConfigError(problem)
     return load_backbone(
         name_or_path or m.name_or_path,
         m.family,
         m.dtype,
         m.trust_remote_code,
         vision=vision_settings(config),
+        quantization_bit=bits,
     )
 
 

@@ -1,19 +1,109 @@
-"""Image tasks (classify, caption, vqa): what the model reads, what it should say, and
-how its answers are scored.
+"""Tasks (text2text, classify, caption, vqa): what the model reads, what it should say,
+and how its answers are scored.
 
-A task turns a raw `VisionExample` (image, question, label/answer/caption) into the text
-the language model reads after the image and the words it should produce. The same
-object is saved inside every prompt directory, so `predict --prompt DIR` formats inputs
-exactly as training did.
+One `Task` protocol serves every task type, so evaluation, prediction and training have
+one path: the task prepares examples, says whether outputs are scored options or
+generated text, and turns outputs into records and metrics. A vision task turns a raw
+`VisionExample` (image, question, label/answer/caption) into the text the language model
+reads after the image and the words it should produce. The task is saved inside every
+adapter bundle, so `predict --prompt DIR` formats inputs exactly as training did.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from softprompt.config import ConfigError, RunConfig
-from softprompt.data.records import VisionExample
+from softprompt.data.records import TextExample, VisionExample
+from softprompt.metrics import (
+    bleu,
+    cider,
+    classification_metrics,
+    exact_match,
+    rouge,
+    text_generation_metrics,
+    vqa_accuracy,
+)
+
+MIN_VQA_ANNOTATORS = 3
+
+
+class Task(Protocol):
+    """What evaluation and prediction need to know about a task.
+
+    Attributes:
+        type: "text2text", "classify", "caption" or "vqa".
+        max_new_tokens: generation length.
+    """
+
+    type: str
+    max_new_tokens: int
+
+    def prepare(self, examples: list) -> list:
+        """Model-ready copies of raw examples (the text the model reads and must say)."""
+        ...
+
+    def lengths(self, examples: list, tokenizer: Any) -> list[int]:
+        """Length proxies of prepared examples, for length-sorted batches."""
+        ...
+
+    def options(self) -> list[str] | None:
+        """Candidate outputs scored instead of generated, or None (generate)."""
+        ...
+
+    def option_targets(self, text: str) -> list[str]:
+        """The option strings as targets after `text`."""
+        ...
+
+    def record(self, raw: Any, output: dict[str, Any]) -> dict[str, Any]:
+        """The prediction record of one raw example (id, input, output, reference)."""
+        ...
+
+    def metrics(self, examples: list, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The task's metrics over labelled examples."""
+        ...
+
+
+@dataclass
+class TextTask:
+    """Text to text (summarise, translate, answer): generation scored by BLEU/ROUGE/EM.
+
+    Examples arrive with their template already applied by the data reader.
+    """
+
+    type: str = "text2text"
+    max_new_tokens: int = 64
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> TextTask:
+        return cls(max_new_tokens=config.task.max_new_tokens)
+
+    def prepare(self, examples: list[TextExample]) -> list[TextExample]:
+        return examples
+
+    def lengths(self, examples: list[TextExample], tokenizer: Any) -> list[int]:
+        from softprompt.backbones.base import input_lengths
+
+        return input_lengths(examples, tokenizer) if examples else []
+
+    def options(self) -> list[str] | None:
+        return None
+
+    def option_targets(self, text: str) -> list[str]:
+        return []
+
+    def record(self, raw: TextExample, output: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {"id": raw.id, "input": raw.input}
+        if raw.target is not None:
+            record["target"] = raw.target
+        record.update(output)
+        return record
+
+    def metrics(self, examples: list[TextExample], records: list[dict[str, Any]]) -> dict:
+        preds = [r.get("prediction") or "" for r in records]
+        refs = [e.references or [e.target or ""] for e in examples]
+        return text_generation_metrics(preds, refs)
 
 DEFAULT_TEMPLATES = {
     "classify": "{instruction} Answer:",
@@ -136,6 +226,69 @@ class VisionTask:
 
     def option_targets(self, text: str) -> list[str]:
         return [_spaced(text, o) or "" for o in self.options() or []]
+
+    def lengths(self, examples: list[VisionExample], tokenizer: Any = None) -> list[int]:
+        # Character length is a good enough proxy for ordering batches by text length.
+        return [len(e.text) + len(e.target or "") for e in examples]
+
+    def record(self, raw: VisionExample, output: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {"id": raw.id, "image": raw.image_path}
+        if self.type == "vqa":
+            record["question"] = raw.text
+        record.update(output)
+        # The reference next to the prediction, so a predictions file can be read alone.
+        if self.type == "classify":
+            if raw.label:
+                record["label"] = raw.label
+        else:
+            refs = raw.references or ([raw.target] if raw.target else [])
+            if refs:
+                record["references"] = refs
+        return record
+
+    def metrics(self, examples: list[VisionExample], records: list[dict[str, Any]]) -> dict:
+        return task_metrics(self, examples, records)
+
+
+def task_from_config(config: RunConfig, classes: list[str] | None = None) -> Task:
+    """The config's task (`classes`: class folders found in the data, for classify)."""
+    if config.task.type == "text2text":
+        return TextTask.from_config(config)
+    return VisionTask.from_config(config, classes)
+
+
+def task_metrics(
+    task: VisionTask, examples: list[VisionExample], records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The task's metrics over labelled examples (unlabelled ones are ignored)."""
+    preds = [r["prediction"] for r in records]
+    if task.type == "classify":
+        pairs = [(e.label, r) for e, r in zip(examples, records, strict=True) if e.label]
+        if not pairs:
+            return {}
+        probabilities = [[r["probabilities"][c] for c in task.classes] for _, r in pairs]
+        return classification_metrics(
+            [label for label, _ in pairs],
+            [r["prediction"] for _, r in pairs],
+            labels=task.classes,
+            probabilities=probabilities,
+            positive_label=task.positive_label,
+        )
+    refs = [e.references or ([e.target] if e.target else []) for e in examples]
+    keep = [i for i, r in enumerate(refs) if r]
+    if not keep:
+        return {}
+    preds = [preds[i] for i in keep]
+    refs = [refs[i] for i in keep]
+    if task.type == "caption":
+        return {"bleu": bleu(preds, refs), **rouge(preds, refs), "cider": cider(preds, refs)}
+    metrics = {"exact_match": exact_match(preds, refs)}
+    # The VQA formula credits min(#annotators who gave the answer / 3, 1): with a single
+    # reference answer (easy-VQA, most custom sets) a right answer scores 1/3, which
+    # reads as a wrong model. It is reported only where references are annotator sets.
+    if all(len(r) >= MIN_VQA_ANNOTATORS for r in refs):
+        metrics["vqa_accuracy"] = vqa_accuracy(preds, refs)
+    return metrics
 
 
 def _spaced(text: str, target: str | None) -> str | None:

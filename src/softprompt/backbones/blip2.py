@@ -130,6 +130,7 @@ class QueryTokenBackbone:
         dtype: torch.dtype,
         settings: VisionSettings | None = None,
         trust_remote_code: bool = False,
+        quantization_config: Any = None,
     ) -> QueryTokenBackbone:
         """Load model and processor from a hub id or a `save_pretrained` directory."""
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -139,7 +140,8 @@ class QueryTokenBackbone:
                 f"family {cls.family!r} loads {cls.model_type!r} checkpoints"
             )
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = cls.model_class.from_pretrained(path, dtype=dtype)
+        extra = {"quantization_config": quantization_config} if quantization_config else {}
+        model = cls.model_class.from_pretrained(path, dtype=dtype, **extra)
         identity = _checkpoint_identity(path, config, dtype)
         return cls(model, processor, display_name, settings, identity)
 
@@ -172,6 +174,22 @@ class QueryTokenBackbone:
     def word_embeddings(self) -> torch.Tensor:
         """The language model's input embedding matrix (V, D)."""
         return self.lm.word_embeddings()
+
+    # LoRA goes into the whole model PEFT users wrap, `target_modules: auto` only into its
+    # language model: the Q-Former's output is cached per image.
+    lora_scope = "language_model"
+
+    def peft_model(self) -> nn.Module:
+        return self.model.hf
+
+    def lm_model_type(self) -> str:
+        return self.model.hf.config.text_config.model_type
+
+    def peft_base_name(self) -> str:
+        return self.name_or_path
+
+    def peft_task_type(self) -> str:
+        return "CAUSAL_LM" if self.lm.labels_in_input else "SEQ_2_SEQ_LM"
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """`{"qformer_prompt": module}` with a Q-Former prompt, else `{}`."""

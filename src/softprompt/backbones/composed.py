@@ -215,6 +215,21 @@ class ComposedVLMBackbone:
     def word_embeddings(self) -> torch.Tensor:
         return self.lm.word_embeddings()
 
+    # LoRA / full fine-tuning act on the language model (the encoder's output is cached).
+    lora_scope = None
+
+    def peft_model(self) -> nn.Module:
+        return self.lm.model
+
+    def lm_model_type(self) -> str:
+        return self.lm.lm_model_type()
+
+    def peft_base_name(self) -> str:
+        return self.lm.name_or_path
+
+    def peft_task_type(self) -> str:
+        return "CAUSAL_LM"
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"projection": self.projection} if self.settings.train_projection else {}
 

@@ -61,6 +61,7 @@ def load_backbone(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     vision: VisionSettings | None = None,
+    quantization_bit: int | None = None,
 ) -> Backbone:
     """Load a frozen backbone.
 
@@ -69,6 +70,7 @@ def load_backbone(
         family: registry name; detected from the config when None.
         dtype: "float32", "bfloat16" or "float16".
         vision: options of vision-language families (placement, encoder, projection, cache).
+        quantization_bit: 4 or 8 to load the frozen weights through bitsandbytes (QLoRA).
     """
     vision = vision or VisionSettings()
     if name_or_path in EMBEDDED_VLMS:
@@ -91,4 +93,25 @@ def load_backbone(
     kwargs = {"display_name": name_or_path, "dtype": DTYPES[dtype]}
     if family in VISION_FAMILIES:
         kwargs["settings"] = vision
-    return cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    if quantization_bit:
+        kwargs["quantization_config"] = _quantization(quantization_bit, family, dtype)
+    backbone = cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    if quantization_bit:
+        from softprompt.tuners.lora.quantization import keep_4bit_trainable
+
+        keep_4bit_trainable(backbone.model)
+    return backbone
+
+
+def _quantization(bits: int, family: str, dtype: str):
+    """bitsandbytes settings for QLoRA, refusing families it cannot load that way."""
+    from softprompt.tuners.lora.quantization import bnb_config
+
+    if family == "composed":
+        raise ModelLoadError(
+            "method.lora.quantization_bit: composed models load their parts from several "
+            "sources (GGUF, timm) that bitsandbytes cannot quantize; use it with causal_lm, "
+            "seq2seq, blip2 or instructblip checkpoints"
+        )
+    compute = DTYPES[dtype] if dtype != "float16" else torch.float16
+    return bnb_config(bits, compute)

@@ -83,11 +83,18 @@ class TextBackboneBase:
 
     @classmethod
     def from_pretrained(
-        cls, path: str, display_name: str, dtype: torch.dtype, trust_remote_code: bool = False
+        cls,
+        path: str,
+        display_name: str,
+        dtype: torch.dtype,
+        trust_remote_code: bool = False,
+        quantization_config: Any = None,
     ):
+        """Load a checkpoint (with `quantization_config`: bitsandbytes-quantized, QLoRA)."""
         tokenizer = load_tokenizer(path, trust_remote_code)
+        extra = {"quantization_config": quantization_config} if quantization_config else {}
         model = cls.auto_class.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code
+            path, dtype=dtype, trust_remote_code=trust_remote_code, **extra
         )
         return cls(model, tokenizer, display_name)
 
@@ -97,6 +104,21 @@ class TextBackboneBase:
 
     def word_embeddings(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
+
+    # What LoRA and full fine-tuning act on: the model a PEFT user would wrap.
+    lora_scope: str | None = None
+
+    def peft_model(self) -> torch.nn.Module:
+        return self.model
+
+    def lm_model_type(self) -> str:
+        return self.model.config.model_type
+
+    def peft_base_name(self) -> str:
+        return self.name_or_path
+
+    def peft_task_type(self) -> str:
+        return "CAUSAL_LM" if self.labels_in_input else "SEQ_2_SEQ_LM"
 
     def _assemble(
         self,

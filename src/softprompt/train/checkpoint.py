@@ -43,8 +43,10 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 SCHEDULER_FILE = "scheduler.safetensors"
 # Process 0's random state; process i > 0 has `rng_state_{i}.*` beside it.
 RNG_FILES = ("rng_state.safetensors", "rng_state.json")
-# Every complete checkpoint lists at least these in its checksums.
-REQUIRED_FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, *RNG_FILES)
+# Every complete checkpoint lists at least these in its checksums, and trained weights:
+# WEIGHTS_FILE at the root (a prompt) or below it (the adapters of a bundle).
+REQUIRED_FILES = (OPTIMIZER_FILE, SCHEDULER_FILE, *RNG_FILES)
+WEIGHT_NAMES = (WEIGHTS_FILE, "model.safetensors", "model.safetensors.index.json")
 # Hidden directory names `PREFIX + NAME + "-" + PID`, never taken for checkpoints: being
 # written, being deleted, or the previous NAME set aside while it is replaced (the
 # loop replaces best/ that way).
@@ -109,8 +111,13 @@ def _rng_files(process_index: int) -> tuple[str, str]:
     return f"rng_state_{process_index}.safetensors", f"rng_state_{process_index}.json"
 
 
+def _files(path: Path) -> list[Path]:
+    """Every file under `path` (adapters of a bundle live in subdirectories)."""
+    return sorted(f for f in path.rglob("*") if f.is_file())
+
+
 def _fsync_files(path: Path) -> None:
-    for file in path.iterdir():
+    for file in _files(path):
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
 
@@ -171,7 +178,7 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 def save_checkpoint(
     run_dir: Path,
     state: TrainState,
-    write_prompt,
+    write_adapters,
     optimizer: torch.optim.Optimizer,
     scheduler,
     rng_states: list[RngState] | None = None,
@@ -179,7 +186,7 @@ def save_checkpoint(
     """Write `run_dir/checkpoint-{step}` atomically.
 
     Args:
-        write_prompt: callable(directory) writing the prompt files (PEFT format + meta).
+        write_adapters: callable(directory) writing the trained adapters (a bundle).
         rng_states: every process's `rng_state()`, in process order (default: this
             process's alone).
     """
@@ -189,14 +196,14 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    write_prompt(tmp)
+    write_adapters(tmp)
     save_state(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     save_state(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     for index, (rng_tensors, rng_info) in enumerate(rng_states or [rng_state()]):
         tensor_file, info_file = _rng_files(index)
         save_file(rng_tensors, str(tmp / tensor_file))
         (tmp / info_file).write_text(json.dumps(rng_info), encoding="utf-8")
-    checksums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+    checksums = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in _files(tmp)}
     payload = {**asdict(state), "files": checksums}
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
     _fsync_files(tmp)
@@ -223,15 +230,19 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(files, dict):
         raise CheckpointError(f"{state_path}: damaged (no checksums of the checkpoint's files)")
     missing = [name for name in REQUIRED_FILES if name not in files]
+    if not any(str(name).rsplit("/", 1)[-1] in WEIGHT_NAMES for name in files):
+        missing.insert(0, WEIGHTS_FILE)
     if missing and "optimizer.pt" not in files:  # checkpoints from before safetensors state
         raise CheckpointError(f"{state_path}: damaged (no checksum for {', '.join(missing)})")
     for name, digest in files.items():
         try:
-            if len(check_name(name, "checkpoint file name")) != 1:
+            # A plain relative path: one file name, or adapter/file name in a bundle.
+            parts = check_name(name, "checkpoint file name")
+            if not 1 <= len(parts) <= 2:
                 raise UnsafeNameError(f"checkpoint file name {name!r} is not a plain file name")
         except UnsafeNameError as err:
             raise CheckpointError(f"{state_path}: damaged ({err})") from None
-        file = path / name
+        file = path.joinpath(*parts)
         if not file.is_file() or sha256_file(file) != digest:
             raise CheckpointError(f"{file}: missing or does not match its checksum")
     return payload

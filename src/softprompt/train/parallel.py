@@ -3,7 +3,7 @@
 The loop runs unchanged in one process or in many started by `accelerate launch`.
 Every process builds the same epoch order of optimizer steps (`batch_size x processes
 x gradient_accumulation_steps` examples each) and trains on its own slice of every
-step; only the trainable parts (soft prompt and backbone extras such as a VLM's
+step; only the trainable parts (the tuners: soft prompt, LoRA layers, a VLM's
 projection) are wrapped for gradient averaging. The frozen backbone stays a plain
 replica on every device: it has no gradients to synchronise.
 """
@@ -21,7 +21,7 @@ from torch import nn
 from softprompt.backbones.base import Backbone
 from softprompt.config import ConfigError, TrainingConfig
 from softprompt.data.batching import split_step
-from softprompt.tuners.prompt_tuning.model import SoftPrompt
+from softprompt.tuners.tuner_set import TunerSet
 
 logger = logging.getLogger("softprompt")
 
@@ -88,27 +88,26 @@ class TrainableParts(nn.Module):
     """Everything that trains, as one module whose forward is the training loss.
 
     Gradient averaging (DDP) hooks into the module that is called, so the loss must be
-    computed through it: the prompt and the backbone's trainable extras are its
-    submodules; the frozen backbone is only referenced, never registered (it needs
-    no synchronising and would otherwise be broadcast at start-up).
+    computed through it: the trainable tuners' modules (prompt, LoRA layers, a projection)
+    are its submodules, wherever they live (LoRA layers sit inside the backbone); the frozen
+    backbone is only referenced, never registered (it needs no synchronising and would
+    otherwise be broadcast at start-up).
 
     Args:
-        backbone: the frozen model the prompt is trained for.
-        prompt: the soft prompt.
-        extras: the backbone's trainable modules (`backbone.trainable_modules()`).
+        backbone: the model the tuners act on.
+        tuners: the run's tuners.
     """
 
-    def __init__(
-        self, backbone: Backbone, prompt: SoftPrompt, extras: dict[str, nn.Module]
-    ) -> None:
+    def __init__(self, backbone: Backbone, tuners: TunerSet) -> None:
         super().__init__()
-        self.prompt = prompt
-        self.extras = nn.ModuleDict(extras)
-        self._backbone = backbone  # a plain object: not registered as a submodule
+        self.parts = nn.ModuleDict(tuners.trainable_modules())
+        self._backbone = backbone  # plain objects: not registered as submodules
+        self._tuners = tuners
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed label-token cross-entropy of the batch and its label-token count."""
-        return self._backbone.loss_sum(batch, self.prompt(batch["input_ids"].shape[0]))
+        rows = batch["input_ids"].shape[0]
+        return self._backbone.loss_sum(batch, self._tuners.prompt_input(rows))
 
 
 def micro_batches(

@@ -1,4 +1,4 @@
-"""Files a training run writes: metrics.jsonl, all_results.json and prompt directories.
+"""Files a training run writes: metrics.jsonl, all_results.json and adapter bundles.
 
 Each is written so that a run killed at any moment leaves either the old or the new
 file, never a torn one (metrics.jsonl: at most a partial last line, which the next
@@ -14,13 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from softprompt.backbones.base import Backbone
 from softprompt.config import RunConfig
 from softprompt.runtime import task_record, vision_settings
 from softprompt.tasks import VisionTask
-from softprompt.tuners.prompt_tuning.io import save_prompt
 
 
 class MetricsLog:
@@ -76,28 +73,16 @@ def prompt_task_record(config: RunConfig, backbone, task: VisionTask | None) -> 
     return record
 
 
-def write_prompt_dir(
-    directory: Path,
-    weight: torch.Tensor,
-    backbone: Backbone,
-    config: RunConfig,
-    fp: dict,
-    task_info: dict[str, Any],
-) -> None:
+def save_context(config: RunConfig, backbone: Backbone, fp: dict, task_info: dict) -> dict:
+    """What every adapter of a run records about its base model and task."""
     pt = config.method.prompt_tuning
-    state_for_save = getattr(backbone, "state_for_save", None)
-    save_prompt(
-        directory,
-        weight,
-        family=backbone.family,
-        base_model=config.model.name_or_path,
-        fingerprint_info=fp,
-        init_method=pt.init_method,
-        init_text=pt.init_text,
-        placement=pt.placement if task_info.get("vision") else "prepend",
-        task=task_info,
-        extra=state_for_save() if state_for_save is not None else None,
-    )
+    return {
+        "family": backbone.family,
+        "base_model": config.model.name_or_path,
+        "fingerprint": fp,
+        "task": task_info,
+        "placement": pt.placement if task_info.get("vision") else "prepend",
+    }
 
 
 def replace_dir_atomically(target: Path, write) -> None:

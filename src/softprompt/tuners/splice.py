@@ -1,14 +1,27 @@
-"""The one place where soft prompts enter a model's input."""
+"""The one place where soft prompts enter a model's input.
+
+Prompts arrive as a `PromptInput` (a table of prompts, per-row prompt ids and a mask of
+real prompt positions); a (B, P, D) tensor is read as per-row prompts.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from softprompt.tuners.base import PromptInput
+
 IGNORE_INDEX = -100
 
 
+def as_prompt_input(prompt: PromptInput | torch.Tensor | None) -> PromptInput | None:
+    """A `PromptInput` from either form (None stays None)."""
+    if prompt is None or isinstance(prompt, PromptInput):
+        return prompt
+    return PromptInput.from_rows(prompt)
+
+
 def splice_prompt(
-    prompt: torch.Tensor | None,
+    prompt: PromptInput | torch.Tensor | None,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -17,7 +30,9 @@ def splice_prompt(
     """Insert prompt vectors into a batch of embedded inputs.
 
     Args:
-        prompt: (B, P, D) soft prompt, or None (returns the inputs unchanged).
+        prompt: the batch's prompts (or a (B, P, D) tensor of per-row prompts), or None
+            (returns the inputs unchanged). Padding positions of shorter prompts get
+            attention mask 0.
         inputs_embeds: (B, T, D) embedded tokens (or image+text embeddings).
         attention_mask: (B, T) 1 for real positions.
         labels: (B, T) token ids or IGNORE_INDEX; None at inference.
@@ -27,17 +42,19 @@ def splice_prompt(
         inputs_embeds (B, P+T, D), attention_mask (B, P+T) with ones on the prompt, and
         labels (B, P+T) with IGNORE_INDEX on the prompt (or None).
     """
+    prompt = as_prompt_input(prompt)
     if prompt is None:
         return inputs_embeds, attention_mask, labels
-    b, p = prompt.shape[0], prompt.shape[1]
-    if prompt.shape[0] != inputs_embeds.shape[0] or prompt.shape[2] != inputs_embeds.shape[2]:
+    b, p = prompt.batch_size, prompt.length
+    if b != inputs_embeds.shape[0] or prompt.width != inputs_embeds.shape[2]:
         raise ValueError(
-            f"prompt shape {tuple(prompt.shape)} does not fit inputs {tuple(inputs_embeds.shape)}"
+            f"prompts of {b} rows x width {prompt.width} do not fit inputs "
+            f"{tuple(inputs_embeds.shape)}"
         )
-    prompt = prompt.to(inputs_embeds.dtype)
-    embeds = torch.cat([inputs_embeds[:, :position], prompt, inputs_embeds[:, position:]], dim=1)
-    ones = attention_mask.new_ones(b, p)
-    mask = torch.cat([attention_mask[:, :position], ones, attention_mask[:, position:]], dim=1)
+    rows = prompt.rows().to(inputs_embeds.dtype)
+    embeds = torch.cat([inputs_embeds[:, :position], rows, inputs_embeds[:, position:]], dim=1)
+    real = prompt.row_mask().to(attention_mask.device, attention_mask.dtype)
+    mask = torch.cat([attention_mask[:, :position], real, attention_mask[:, position:]], dim=1)
     if labels is not None:
         ignore = labels.new_full((b, p), IGNORE_INDEX)
         labels = torch.cat([labels[:, :position], ignore, labels[:, position:]], dim=1)
@@ -45,7 +62,7 @@ def splice_prompt(
 
 
 def assemble_inputs(
-    prompt: torch.Tensor | None,
+    prompt: PromptInput | torch.Tensor | None,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -94,10 +111,11 @@ def left_align_padding(
     return embeds, torch.gather(mask, 1, order)
 
 
-def shared_prompt_length(prompt: torch.Tensor | None, prompt_position: int) -> int:
+def shared_prompt_length(prompt: PromptInput | torch.Tensor | None, prompt_position: int) -> int:
     """How many leading positions are provably the same in every row: the prompt's length
-    when it goes in front of everything and is one tensor repeated over the batch (a
-    stride-0 batch dimension, as `SoftPrompt` returns it), else 0."""
-    if prompt is None or prompt_position != 0 or prompt.dim() != 3:
+    when it goes in front of everything and every row uses the same, fully real prompt;
+    else 0."""
+    prompt = as_prompt_input(prompt)
+    if prompt is None or prompt_position != 0 or not prompt.is_single:
         return 0
-    return prompt.shape[1] if prompt.shape[0] == 1 or prompt.stride(0) == 0 else 0
+    return prompt.length

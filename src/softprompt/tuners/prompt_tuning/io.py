@@ -178,7 +178,7 @@ def load_prompt(directory: str | Path) -> LoadedPrompt:
         raise PromptLoadError(
             f"{directory} holds a {peft_type} adapter; a soft prompt needs PROMPT_TUNING"
         )
-    tensors = _read_weights(directory)
+    tensors = read_adapter_weights(directory)
     full = tensors.pop("prompt_embeddings", None)
     if full is None:
         raise PromptLoadError(f"{directory}: no 'prompt_embeddings' tensor in the weights")
@@ -218,7 +218,7 @@ def _verify_checksums(directory: Path, meta: dict[str, Any]) -> None:
             )
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
     safetensors_path = directory / WEIGHTS_FILE
     if safetensors_path.is_file():
         try:
@@ -249,19 +249,25 @@ def check_compatible(loaded: LoadedPrompt, backbone) -> None:
             f"prompt {loaded.directory} was trained on {trained_on} (hidden size {dim}); "
             f"{backbone.name_or_path} has hidden size {backbone.hidden_size}"
         )
-    family = loaded.meta.get("family")
+    check_base_model(loaded.meta, loaded.directory, backbone)
+
+
+def check_base_model(meta: dict[str, Any], directory: Path, backbone) -> None:
+    """Refuse a saved adapter whose recorded family or base-model fingerprint differs."""
+    trained_on = meta.get("base_model") or "an unknown base model"
+    family = meta.get("family")
     if family is not None and family != backbone.family:
         raise PromptLoadError(
-            f"prompt {loaded.directory} was trained on a {family} model ({trained_on}); "
+            f"prompt {directory} was trained on a {family} model ({trained_on}); "
             f"{backbone.name_or_path} is a {backbone.family} model"
         )
-    expected = loaded.meta.get("fingerprint")
+    expected = meta.get("fingerprint")
     if expected:
         actual = fingerprint(backbone.word_embeddings(), backbone.tokenizer)
         for key in ("embedding", "tokenizer"):
             if expected.get(key) != actual[key]:
                 raise PromptLoadError(
-                    f"prompt {loaded.directory} was trained on {trained_on}, but "
+                    f"prompt {directory} was trained on {trained_on}, but "
                     f"{backbone.name_or_path} has a different {key} "
                     f"({expected.get(key)} vs {actual[key]}); pass --model with the base "
                     "model it was trained on"

@@ -1,0 +1,213 @@
+"""Setting a training run up: everything the loop needs, gathered in one `Run` object.
+
+The loop (loop.py) is a few named steps over this object: `train_step`, `evaluate_run`,
+`save_run_checkpoint`, `finish`. None of them closes over mutable state; each reads and
+updates the `Run` it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from softprompt.backbones.base import EncodeSettings
+from softprompt.config import ConfigError, RunConfig, TrainingConfig, save_config
+from softprompt.runtime import (
+    backbone_from_config,
+    encode_settings,
+    load_split,
+    load_split_with_info,
+)
+from softprompt.tasks import Task, VisionTask, task_from_config
+from softprompt.train.checkpoint import TrainState, find_latest_checkpoint, load_checkpoint
+from softprompt.train.parallel import TrainableParts, make_accelerator
+from softprompt.train.run_files import MetricsLog, prompt_task_record, save_context
+from softprompt.tuners.bundle import read_bundle
+from softprompt.tuners.prompt_tuning.io import fingerprint
+from softprompt.tuners.tuner_set import TunerSet
+
+logger = logging.getLogger("softprompt")
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric or "perplexity" in metric
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """`auto` -> newest complete checkpoint of the run (None if there is none)."""
+    if resume == "auto":
+        return find_latest_checkpoint(run_dir)
+    return Path(resume)
+
+
+@dataclass
+class Run:
+    """One training run's objects and position (the loop's only state)."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    run_dir: Path
+    backbone: Any
+    tuners: TunerSet
+    parts: torch.nn.Module  # the trainable tuners, DDP-wrapped when several processes
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    task: Task
+    settings: EncodeSettings
+    train_examples: list
+    val_examples: list
+    lengths: list[int]
+    state: TrainState
+    log: MetricsLog
+    context: dict[str, Any]  # what saved adapters record (base model, fingerprint, task)
+    examples_per_step: int
+    total_steps: int
+    greater_is_better: bool
+    progress: bool
+    skipped: Any = None
+    interrupt: Any = None  # the DeferredInterrupt installed while the loop runs
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.config.training
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    def save_adapters(self, directory: Path) -> None:
+        self.tuners.save(directory, self.context)
+
+
+def load_training_data(config: RunConfig, backbone) -> tuple[Task, list, list, list[int], Any]:
+    """(task, train examples (prepared), validation examples, lengths, skipped-input report)."""
+    raw_train, info = load_split_with_info(config, "train")
+    val_examples = load_split(config, "val")
+    if not raw_train:
+        raise ConfigError(f"data.train_path {config.data.train_path!r} has no examples")
+    task = task_from_config(config, info.get("classes"))
+    train_examples = task.prepare(raw_train)
+    lengths = task.lengths(train_examples, backbone.tokenizer)
+    skipped = info.get("skipped")
+    logger.info(
+        "Data: %d train / %d validation examples%s",
+        len(train_examples),
+        len(val_examples),
+        f" ({skipped.count} unreadable inputs skipped)" if skipped and skipped.count else "",
+    )
+    return task, train_examples, val_examples, lengths, skipped
+
+
+def build_tuners(config: RunConfig, backbone) -> TunerSet:
+    """The config's tuners; refuses a run in which nothing would train."""
+    tuners = TunerSet.from_config(config, backbone)
+    if not tuners.trainable():
+        raise ConfigError(
+            "nothing to train: enable method.prompt_tuning, method.lora (with trainable: true) "
+            "or method.full"
+        )
+    tuners.log_counts()
+    return tuners
+
+
+def _optimization(t: TrainingConfig, tuners: TunerSet, total_steps: int):
+    optimizer = torch.optim.AdamW(
+        tuners.param_groups(), lr=t.learning_rate, weight_decay=t.weight_decay
+    )
+    scheduler = get_scheduler(
+        t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps
+    )
+    return optimizer, scheduler
+
+
+def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
+    """Build the backbone, tuners, data, optimizer and state of a run (resumed if asked)."""
+    t = config.training
+    run_dir = Path(t.output_dir)
+    accelerator = make_accelerator(t)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    set_seed(t.seed)
+    backbone = backbone_from_config(config, device=accelerator.device.type)
+    if not config.method.lora.quantization_bit:  # bitsandbytes places quantized weights itself
+        backbone.model.to(accelerator.device)
+    fp = fingerprint(backbone.word_embeddings(), backbone.tokenizer)  # before any training
+    task, train_examples, val_examples, lengths, skipped = load_training_data(config, backbone)
+    vision_task = task if isinstance(task, VisionTask) else None
+    context = save_context(config, backbone, fp, prompt_task_record(config, backbone, vision_task))
+    tuners = build_tuners(config, backbone)
+    backbone.model.train()
+    if t.gradient_checkpointing:
+        backbone.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    world = accelerator.num_processes
+    examples_per_step = t.batch_size * world * t.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    logger.info(
+        "Training: %d process(es) x batch_size %d x gradient_accumulation_steps %d = "
+        "%d examples per optimizer step; %d steps",
+        world,
+        t.batch_size,
+        t.gradient_accumulation_steps,
+        examples_per_step,
+        total_steps,
+    )
+    optimizer, scheduler = _optimization(t, tuners, total_steps)
+    # The scheduler is not prepared: accelerate would step it once per process.
+    parts, optimizer = accelerator.prepare(TrainableParts(backbone, tuners), optimizer)
+    greater = t.greater_is_better
+    if greater is None:
+        greater = not lower_is_better(t.metric_for_best_model)
+    run = Run(
+        config, accelerator, run_dir, backbone, tuners, parts, optimizer, scheduler, task,
+        encode_settings(config), train_examples, val_examples, lengths, TrainState(),
+        MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process), context,
+        examples_per_step, total_steps, greater, progress, skipped,
+    )  # fmt: skip
+    if resume:
+        restore(run, resume)
+    run.state.examples_per_step = examples_per_step
+    return run
+
+
+def restore(run: Run, resume: str) -> None:
+    """Load the newest (or given) checkpoint into the run: weights, optimizer, position."""
+    path = resolve_resume(resume, run.run_dir)
+    if path is not None:
+        run.tuners.load(read_bundle(path))
+        t = run.training
+        run.state = load_checkpoint(
+            path, run.optimizer, run.scheduler, process_index=run.rank, batch_size=t.batch_size
+        )
+        logger.info("Resumed from %s at step %d", path, run.state.global_step)
+        state = run.state
+        if state.samples_in_epoch and state.examples_per_step != run.examples_per_step:
+            logger.warning(
+                "The checkpoint was written with %d examples per optimizer step, this run "
+                "takes %d: the rest of epoch %d follows a new order (a few examples may be "
+                "repeated or skipped). Keep batch_size x processes x "
+                "gradient_accumulation_steps equal to resume exactly.",
+                state.examples_per_step,
+                run.examples_per_step,
+                state.epoch,
+            )
+    run.log.forget_after(run.state.global_step)
