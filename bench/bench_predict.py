@@ -39,7 +39,6 @@ from softprompt.backbones.feature_cache import FeatureCache  # noqa: E402
 from softprompt.config import load_config  # noqa: E402
 from softprompt.data.records import VisionExample  # noqa: E402
 from softprompt.data.vision import load_vision_examples  # noqa: E402
-from softprompt.tuners.base import PromptInput  # noqa: E402
 from softprompt.loaded import LoadedModel  # noqa: E402
 from softprompt.train.loop import train  # noqa: E402
 

@@ -359,3 +359,15 @@ def test_hf_spec_with_local_dataset_folder(tmp_path: Path, monkeypatch: pytest.M
         f"hf:{folder}",
         split="validation",
     )
+
+
+def test_json_array_on_one_line_gets_distinct_ids(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    rows = [
+        {"input": "a", "target": "b"},
+        {"input": "c", "target": "d"},
+        {"input": "e", "target": "f"},
+    ]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    ids = [e.id for e in load_text_examples(str(path))]
+    assert ids == ["d.json:1", "d.json:1:2", "d.json:1:3"]

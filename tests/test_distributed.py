@@ -166,6 +166,27 @@ def test_two_processes_train_what_one_process_trains(text_runs):
     assert results["global_step"] == 6 and results["epoch"] == 1
 
 
+def test_two_processes_train_the_lora_one_process_trains(text_runs):
+    """LoRA weights live inside the backbone; DDP must still average their gradients."""
+    root = text_runs["root"]
+    one, two = root / "lora_one", root / "lora_two"
+    data = {"train": root / "data" / "train.jsonl", "val": root / "data" / "val.jsonl"}
+    model = json.loads((text_runs["one"] / "best" / "softprompt.json").read_text())["base_model"]
+
+    def config(name: str, out: Path, batch_size: int) -> Path:
+        sections = text_sections(Path(model), data, out, batch_size)
+        sections["method"]["lora"] = {"enabled": True, "r": 4, "dropout": 0.0}
+        sections["method"]["lora"]["learning_rate"] = 0.01
+        return write_config(root / name, sections)
+
+    train(load_config(config("l1.yaml", one, batch_size=8)))
+    launch_two(config("l2.yaml", two, batch_size=4))
+    for adapter in ("prompt", "lora"):
+        assert_same_weights(one / "checkpoint-6" / adapter, two / "checkpoint-6" / adapter)
+    moved = tensors(two / "best" / "lora")
+    assert any(v.abs().sum() > 0 for k, v in moved.items() if "lora_B" in k)
+
+
 def test_resume_across_process_counts(text_runs):
     root, one, two, config = (text_runs[k] for k in ("root", "one", "two", "config"))
     # Written by two processes, finished by one (8 examples per step either way).

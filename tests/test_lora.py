@@ -149,7 +149,10 @@ def test_prompt_on_a_frozen_lora(tiny_models, toy_data, tmp_path):
     )
     results = train(config)
     assert results["trainable_parameters_by_method"]["lora"] == 0
-    assert results["trainable_parameters"] == results["trainable_parameters_by_method"]["prompt_tuning"]
+    assert (
+        results["trainable_parameters"]
+        == results["trainable_parameters_by_method"]["prompt_tuning"]
+    )
     before = load_file(str(trained / "adapter_model.safetensors"))
     after = load_file(str(out / "best" / "lora" / "adapter_model.safetensors"))
     assert before.keys() == after.keys()
@@ -159,7 +162,11 @@ def test_prompt_on_a_frozen_lora(tiny_models, toy_data, tmp_path):
 
 def test_exact_resume_with_lora(tiny_models, toy_data, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    train(make_config(tiny_models["gpt2"], toy_data, whole, lora={}, save_steps=3, lr_scheduler="constant"))
+    train(
+        make_config(
+            tiny_models["gpt2"], toy_data, whole, lora={}, save_steps=3, lr_scheduler="constant"
+        )
+    )
     config = make_config(
         tiny_models["gpt2"], toy_data, parts, lora={}, save_steps=3, lr_scheduler="constant"
     )
@@ -219,5 +226,8 @@ def test_cli_switches_an_adapter_off(tiny_models, toy_data, tmp_path, capsys):
         args = ["predict", "--prompt", str(out / "best"), "--text", "cat red", "--no-progress"]
         assert main(args + ["--max-new-tokens", "4", *switch]) == 0
         outputs[tuple(switch)] = json.loads(capsys.readouterr().out.splitlines()[0])["prediction"]
-    assert main(["predict", "--prompt", str(out / "best"), "--text", "x", "--adapter", "dora=off"]) == 2
+    assert (
+        main(["predict", "--prompt", str(out / "best"), "--text", "x", "--adapter", "dora=off"])
+        == 2
+    )
     assert "no adapter 'dora'" in capsys.readouterr().err

@@ -95,7 +95,9 @@ def test_batched_generation_equals_one_at_a_time(tiny_models):
     batch = ours.collate(exs, EncodeSettings(), with_targets=False)
     together = ours.generate(batch, PromptInput.single(prompt, 5), 6)
     alone = [
-        ours.generate(ours.collate([e], EncodeSettings(), False), PromptInput.single(prompt, 1), 6)[0]
+        ours.generate(ours.collate([e], EncodeSettings(), False), PromptInput.single(prompt, 1), 6)[
+            0
+        ]
         for e in exs
     ]
     assert together == alone

@@ -132,7 +132,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.prompt is None:
         print("predict needs --prompt DIR (a trained prompt or adapter bundle)", file=sys.stderr)
         return EXIT_USAGE
-    loaded = LoadedModel.from_bundle(args.prompt, model=args.model, max_new_tokens=args.max_new_tokens)
+    loaded = LoadedModel.from_bundle(
+        args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
+    )
     loaded.set_adapters(_adapter_switches(args.adapter))
     images = loaded.task.type != "text2text"
     if images:
@@ -164,6 +166,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps(record, ensure_ascii=False))
     if images:
         print(f"summary: {json.dumps(summarize(records))}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from softprompt.export import export_merged
+
+    if not args.merge:
+        print("export writes merged models only for now: pass --merge", file=sys.stderr)
+        return EXIT_USAGE
+    path = export_merged(args.bundle, args.output, model=args.model)
+    print(f"wrote merged model to {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from softprompt.compare import compare, markdown, parse_methods
+    from softprompt.config import load_config
+
+    config = load_config(args.config, args.overrides)  # a bad config fails here, once
+    out = Path(args.output_dir or Path(config.training.output_dir) / "compare")
+    rows = compare(args.config, args.overrides, parse_methods(args.methods), out)
+    print(markdown(rows))
+    print(f"wrote {out / 'compare.md'} and {out / 'compare.json'}", file=sys.stderr)
     return 0
 
 
@@ -254,6 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapter_switch(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write a bundle's model with LoRA merged in")
+    p.add_argument("bundle", help="adapter bundle (RUN/best)")
+    p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights")
+    p.add_argument("--output", required=True, help="directory to write")
+    p.add_argument("--model", help="base model (default: the one the bundle records)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("compare", help="train one config with several methods; a table")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--methods", default="prompt,lora,prompt+lora,full")
+    p.add_argument("--output-dir", help="default: <training.output_dir>/compare")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 

@@ -239,6 +239,25 @@ class RunConfig(_Section):
     task: TaskConfig = Field(default_factory=TaskConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
+    @model_validator(mode="after")
+    def _best_metric_is_computed(self) -> RunConfig:
+        # Caught here, not at the first evaluation after minutes of training.
+        metric = self.training.metric_for_best_model.removeprefix("eval_")
+        scored = self.task.type == "classify" or (self.task.type == "vqa" and self.task.answers)
+        if metric in GENERATION_METRICS and not self.training.eval_generate and not scored:
+            raise ValueError(
+                f"training.metric_for_best_model {self.training.metric_for_best_model!r} needs "
+                "generated text during evaluation, but training.eval_generate is false; set "
+                "eval_generate: true or pick eval_loss"
+            )
+        return self
+
+
+# Metrics computed from generated text (the others come from the loss or option scores).
+GENERATION_METRICS = frozenset(
+    ["bleu", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "cider", "vqa_accuracy"]
+)
+
 
 # Names from the scripts users bring (seed 000's InstructBLIP trainer and HF Trainer
 # habits) -> our keys. They keep working, with a warning naming the new key.

@@ -8,7 +8,12 @@ from typing import Any
 from softprompt.config import ConfigError, RunConfig
 from softprompt.loaded import LoadedModel, default_device, tuners_from_bundle
 from softprompt.predict import write_records
-from softprompt.runtime import backbone_from_config, encode_settings, load_split, load_split_with_info
+from softprompt.runtime import (
+    backbone_from_config,
+    encode_settings,
+    load_split,
+    load_split_with_info,
+)
 from softprompt.tasks import Task, VisionTask, task_from_config
 from softprompt.tuners.bundle import read_bundle
 from softprompt.tuners.tuner_set import TunerSet
@@ -47,9 +52,16 @@ def load_for_evaluation(
     if record and config.task.type != "text2text":
         task = VisionTask.from_record(record)
     else:
-        task = task_from_config(config, _classes(config) if config.task.type == "classify" else None)
+        task = task_from_config(
+            config, _classes(config) if config.task.type == "classify" else None
+        )
     loaded = LoadedModel(
-        backbone, tuners, task, encode_settings(config), bundle.task if bundle else {}, default_device()
+        backbone,
+        tuners,
+        task,
+        encode_settings(config),
+        bundle.task if bundle else {},
+        default_device(),
     )
     loaded.set_adapters(adapters or {})
     return loaded

@@ -176,7 +176,8 @@ def evaluate(
         "perplexity": perplexity(mean_loss),
         "num_samples": len(examples),
     }
-    records = [scored[i] for i in sorted(scored)]
+    order = sorted(scored)
+    records = [scored[i] for i in order]
     if predict and records:
-        metrics.update(task.metrics(examples, records))
+        metrics.update(task.metrics([examples[i] for i in order], records))
     return metrics, records

@@ -20,7 +20,7 @@ from softprompt.backbones.loading import load_backbone
 from softprompt.backbones.vision_base import VisionSettings
 from softprompt.data.errors import DataError
 from softprompt.data.images import load_image
-from softprompt.evaluate import EvalShard, WHOLE_SET, evaluate
+from softprompt.evaluate import WHOLE_SET, EvalShard, evaluate
 from softprompt.tasks import Task, TextTask, VisionTask
 from softprompt.tuners.bundle import Bundle, read_bundle
 from softprompt.tuners.full.tuner import FullTuner, language_model

@@ -105,6 +105,7 @@ class TextTask:
         refs = [e.references or [e.target or ""] for e in examples]
         return text_generation_metrics(preds, refs)
 
+
 DEFAULT_TEMPLATES = {
     "classify": "{instruction} Answer:",
     "caption": "{instruction}",

@@ -114,6 +114,7 @@ def _iter_json_array(path: str, text: str) -> Iterator[RawRecord]:
         return line
 
     pos = skip_ws(text, pos).end()
+    previous_line, on_line = 0, 0
     if text.startswith("]", pos):
         pos += 1
     else:
@@ -128,7 +129,13 @@ def _iter_json_array(path: str, text: str) -> Iterator[RawRecord]:
                 raise DataError(
                     f"{path}:{line_at(pos)}: malformed JSON ({_json_problem(e)})"
                 ) from e
-            yield _object_row(path, name, line_at(pos), obj)
+            # Ids are `name:line`; records sharing a line (an array written on one line
+            # by `json.dump`) get `name:line:k` after the first, so ids stay unique.
+            at = line_at(pos)
+            on_line = on_line + 1 if at == previous_line else 0
+            previous_line = at
+            default_id = f"{name}:{at}:{on_line + 1}" if on_line else None
+            yield _object_row(path, name, at, obj, default_id)
             pos = skip_ws(text, end).end()
             if text.startswith(",", pos):
                 pos = skip_ws(text, pos + 1).end()
@@ -141,12 +148,14 @@ def _iter_json_array(path: str, text: str) -> Iterator[RawRecord]:
         raise DataError(f"{path}:{line_at(pos)}: malformed JSON (extra data after the array)")
 
 
-def _object_row(path: str, name: str, line: int, obj: Any) -> RawRecord:
+def _object_row(
+    path: str, name: str, line: int, obj: Any, default_id: str | None = None
+) -> RawRecord:
     if not isinstance(obj, dict):
         raise DataError(
             f"{path}:{line}: expected a JSON object with fields, got {type(obj).__name__}"
         )
-    return RawRecord(where(path, line), f"{name}:{line}", obj)
+    return RawRecord(where(path, line), default_id or f"{name}:{line}", obj)
 
 
 def _iter_csv(path: str, text: str, delimiter: str) -> Iterator[RawRecord]:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import resource
 import time
 from typing import Any
 
+import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
@@ -188,7 +190,11 @@ def run_epochs(run: Run, bar, window: Window, last_saved: list[int]) -> None:
     stop = False
     while state.global_step < run.total_steps and not stop:
         steps = epoch_batches(
-            run.lengths, run.examples_per_step, t.seed, state.epoch, group_by_length=t.group_by_length
+            run.lengths,
+            run.examples_per_step,
+            t.seed,
+            state.epoch,
+            group_by_length=t.group_by_length,
         )
         for step in steps[position_in_epoch(steps, state.samples_in_epoch) :]:
             if state.global_step >= run.total_steps:
@@ -271,6 +277,7 @@ def finish(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_parameters_by_method": per_tuner,
+        "peak_memory_mb": peak_memory_mb(),
         "methods": run.config.method.enabled_methods(),
         "evaluations": state.evaluations,
         "skipped_inputs": skipped.count if skipped else 0,
@@ -291,6 +298,13 @@ def finish(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
     if run.main:
         write_json_atomically(run_dir / "all_results.json", results)
     return results
+
+
+def peak_memory_mb() -> float:
+    """This process's peak memory: resident set on the CPU, allocated memory on CUDA."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _has_builtin_test(config: RunConfig) -> bool:

@@ -123,7 +123,9 @@ class LoraTuner:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """LoRA weights under PEFT's saved names (`base_model.model.<module>.lora_A.weight`)."""
         state = get_peft_model_state_dict(self.target, adapter_name=ADAPTER_NAME)
-        return {PEFT_KEY_PREFIX + k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+        return {
+            PEFT_KEY_PREFIX + k: v.detach().float().cpu().contiguous() for k, v in state.items()
+        }
 
     def save(self, directory: Path, context: dict[str, Any]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
