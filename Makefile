@@ -37,6 +37,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_lora.py
+	$(PY) bench/bench_switch.py
 	$(PY) bench/bench_feature_cache.py
 	$(PY) bench/bench_predict.py
 

@@ -66,6 +66,26 @@ def table_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The test metric a row shows, the first one the run has.
+HEADLINE_TEST_METRICS = (
+    "accuracy",
+    "vqa_accuracy",
+    "exact_match",
+    "rougeL",
+    "bleu",
+    "cider",
+    "loss",
+)
+
+
+def headline_test_metric(row: dict[str, Any]) -> tuple[str, float] | None:
+    for name in HEADLINE_TEST_METRICS:
+        value = row["test"].get(f"test_{name}")
+        if value is not None:
+            return name, value
+    return None
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -73,19 +93,21 @@ def _number(value: Any) -> bool:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """method | trainable params (count, %) | samples/s | peak memory | metric | best step."""
     metric = rows[0]["metric"] if rows else "metric"
+    test = headline_test_metric(rows[0]) if rows else None
+    test_name = f"test {test[0]}" if test else "test"
     lines = [
         f"| method | trainable params | % | train samples/s | peak RSS (MB) | best {metric} "
-        "| best step |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| best step | {test_name} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        best = r["best_metric"]
-        memory = r["peak_memory_mb"]
+        best, memory, shown = r["best_metric"], r["peak_memory_mb"], headline_test_metric(r)
         lines.append(
             f"| {r['method']} | {r['trainable_parameters']:,} | {r['trainable_percent']:.3f} | "
             f"{r['train_samples_per_second']:.2f} | "
             f"{'-' if memory is None else f'{memory:,.0f}'} | "
-            f"{'-' if best is None else f'{best:.4f}'} | {r['best_step']} |"
+            f"{'-' if best is None else f'{best:.4f}'} | {r['best_step'] or '-'} | "
+            f"{'-' if shown is None else f'{shown[1]:.4f}'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 from torch import nn
 
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
-
-logger = logging.getLogger("softprompt")
 
 
 class SoftPrompt(nn.Module):
@@ -82,24 +79,3 @@ def _ordinary_token_ids(tokenizer, vocab_size: int) -> torch.Tensor:
     limit = min(vocab_size, len(tokenizer)) if tokenizer is not None else vocab_size
     ids = [i for i in range(limit) if i not in special and i not in added]
     return torch.tensor(ids or list(range(vocab_size)))
-
-
-def count_parameters(model: nn.Module, prompt: nn.Module) -> tuple[int, int]:
-    """Returns (trainable, total) over backbone + tuner parameters."""
-    params = {id(p): p for m in (model, prompt) for p in m.parameters()}
-    total = sum(p.numel() for p in params.values())
-    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
-    return trainable, total
-
-
-def log_parameter_counts(model: nn.Module, prompt: nn.Module) -> None:
-    """The two lines users look for to confirm only the prompt trains."""
-    n_prompt = sum(p.numel() for p in prompt.parameters() if p.requires_grad)
-    trainable, total = count_parameters(model, prompt)
-    logger.info("Prompt parameters found: %s", f"{n_prompt:,}")
-    logger.info(
-        "Total trainable parameters: %s / %s (%.4f%%)",
-        f"{trainable:,}",
-        f"{total:,}",
-        100.0 * trainable / max(total, 1),
-    )
