@@ -131,3 +131,15 @@ def test_compare_writes_the_method_table(tiny_models, toy_data, tmp_path, capsys
     assert main(argv) == 0
     assert (table / "prompt" / "all_results.json").stat().st_mtime_ns == stamp
     assert main(["compare", str(config), "--methods", "prompt,dora"]) == 2
+
+
+def test_eval_and_predict_use_the_machines_accelerator(monkeypatch):
+    from softprompt import loaded as loaded_module
+
+    accelerator = torch.accelerator
+    monkeypatch.setattr(accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(accelerator, "current_accelerator", lambda: torch.device("cuda"))
+    assert loaded_module.default_device() == torch.device("cuda")
+    monkeypatch.setattr(accelerator, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loaded_module.default_device() == torch.device("cpu")
