@@ -18,6 +18,7 @@ from softprompt.data.records import TextExample
 from softprompt.loaded import LoadedModel
 from softprompt.train.loop import train
 from softprompt.tuners.base import PromptInput
+from softprompt.tuners.lora.config import LoraSettings
 from softprompt.tuners.lora.tuner import LoraTuner
 
 ROWS = [TextExample(id=str(i), input=f"cat red dog {i}", target="red") for i in range(4)]
@@ -231,3 +232,10 @@ def test_cli_switches_an_adapter_off(tiny_models, toy_data, tmp_path, capsys):
         == 2
     )
     assert "no adapter 'dora'" in capsys.readouterr().err
+
+
+def test_lora_targets_that_match_nothing_are_a_config_error(tiny_models):
+    backbone = load_backbone(str(tiny_models["gpt2"]))
+    settings = LoraSettings(enabled=True, target_modules=["no_such_layer"])
+    with pytest.raises(ConfigError, match="no_such_layer"):
+        LoraTuner.create(settings, backbone)

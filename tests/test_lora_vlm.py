@@ -72,3 +72,10 @@ def test_lora_in_the_language_model_trains_with_a_prompt(vlms, images, tiny_mode
     assert losses[-1] < losses[0], losses
     moved = [v for k, v in lora.state_dict().items() if "lora_B" in k]
     assert moved and any(v.abs().sum() > 0 for v in moved)
+
+
+def test_lora_outside_the_language_model_is_refused(vlms, tiny_models):
+    backbone = load(vlms, "blip2-opt", tiny_models)
+    settings = LoraSettings(enabled=True, r=2, target_modules=r"qformer\..*\.(query|value)")
+    with pytest.raises(ValueError, match="outside the language model"):
+        LoraTuner.create(settings, backbone)

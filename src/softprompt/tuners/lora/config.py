@@ -19,7 +19,8 @@ class LoraSettings(BaseModel):
         description="Modules that get LoRA: `auto` (the attention projections of the language "
         "model, from a per-family table: T5 q,v; Llama/OPT/BART q_proj,v_proj; GPT-2 c_attn), "
         "a list of module-name suffixes, or one regular expression matched against full "
-        "module names (e.g. 'qformer.*\\.(query|value)' for a BLIP-2 Q-Former).",
+        "module names. On BLIP-2 / InstructBLIP only language-model modules can take LoRA: "
+        "the image side's outputs are cached per image.",
     )
     learning_rate: float = Field(2e-4, gt=0, description="Learning rate of the LoRA weights.")
     path: str | None = Field(

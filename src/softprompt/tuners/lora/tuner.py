@@ -20,6 +20,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from safetensors.torch import save_file
 from torch import nn
 
+from softprompt.config import ConfigError
 from softprompt.tuners.base import TUNERS
 from softprompt.tuners.lora.config import LoraSettings
 from softprompt.tuners.peft_files import PeftFileError, read_adapter_weights
@@ -38,7 +39,7 @@ def default_targets(backbone) -> list[str] | str:
     names = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
     names = names or EXTRA_DEFAULT_TARGETS.get(model_type)
     if not names:
-        raise ValueError(
+        raise ConfigError(
             f"method.lora.target_modules auto: no default for model type {model_type!r}; "
             "list the module names (e.g. [q_proj, v_proj])"
         )
@@ -70,7 +71,12 @@ class LoraTuner:
         self.learning_rate = learning_rate
         self.trainable = trainable
         self.enabled = True
-        self._lora = LoraModel(target, config, ADAPTER_NAME)  # injects in place
+        try:
+            self._lora = LoraModel(target, config, ADAPTER_NAME)  # injects in place
+        except ValueError as err:  # e.g. no module matches target_modules
+            raise ConfigError(
+                f"method.lora.target_modules {config.target_modules!r}: {err}"
+            ) from None
         self._layers = nn.ModuleList(
             getattr(m, attr)
             for m in target.modules()
@@ -98,15 +104,41 @@ class LoraTuner:
             base_model_name_or_path=backbone.peft_base_name(),
             task_type=backbone.peft_task_type(),
         )
-        return cls(backbone.peft_model(), config, settings.learning_rate, settings.trainable)
+        tuner = cls(backbone.peft_model(), config, settings.learning_rate, settings.trainable)
+        tuner.check_scope(backbone)
+        return tuner
 
     @classmethod
     def from_dir(cls, backbone, directory: Path, trainable: bool = False) -> LoraTuner:
         """Load a LoRA adapter directory (ours or PEFT's) into `backbone`."""
         config = read_lora_config(directory)
         tuner = cls(backbone.peft_model(), config, learning_rate=0.0, trainable=trainable)
+        tuner.check_scope(backbone)
         tuner.load(directory)
         return tuner
+
+    def check_scope(self, backbone) -> None:
+        """Refuse LoRA outside the language model of a BLIP-2 / InstructBLIP model: the
+        Q-Former's and vision tower's outputs are cached per image, so LoRA there would
+        never see a gradient (and would make the cache wrong).
+
+        Raises:
+            ConfigError: naming a module outside `backbone.lora_scope`.
+        """
+        scope = backbone.lora_scope
+        if scope is None:
+            return
+        outside = [
+            name
+            for name, module in self.target.named_modules()
+            if isinstance(module, BaseTunerLayer) and not name.startswith(scope + ".")
+        ]
+        if outside:
+            raise ConfigError(
+                f"method.lora.target_modules reaches {outside[0]!r} (and {len(outside) - 1} "
+                f"more) outside the language model ({scope}); only language-model modules "
+                "can take LoRA here, since the image side's outputs are cached"
+            )
 
     def modules(self) -> dict[str, nn.Module]:
         return {"lora": self._layers}
