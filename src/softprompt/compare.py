@@ -67,15 +67,7 @@ def table_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
 
 
 # The test metric a row shows, the first one the run has.
-HEADLINE_TEST_METRICS = (
-    "accuracy",
-    "vqa_accuracy",
-    "exact_match",
-    "rougeL",
-    "bleu",
-    "cider",
-    "loss",
-)
+HEADLINE_TEST_METRICS = ("accuracy", "vqa_accuracy", "rougeL", "exact_match", "cider", "loss")
 
 
 def headline_test_metric(row: dict[str, Any]) -> tuple[str, float] | None:
