@@ -143,3 +143,12 @@ def test_eval_and_predict_use_the_machines_accelerator(monkeypatch):
     monkeypatch.setattr(accelerator, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert loaded_module.default_device() == torch.device("cpu")
+
+
+def test_predict_with_the_bare_model(tiny_models, capsys):
+    argv = ["predict", "--model", str(tiny_models["gpt2"]), "--text", "cat red", "--no-progress"]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert record["input"] == "cat red" and isinstance(record["prediction"], str)
+    assert main(["predict", "--text", "x"]) == 2
+    assert "--model for the bare model" in capsys.readouterr().err

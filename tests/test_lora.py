@@ -190,6 +190,8 @@ def test_full_fine_tuning_trains_every_weight(tiny_models, toy_data, tmp_path):
     assert results["trainable_parameters"] == results["total_parameters"]
     loaded = LoadedModel.from_bundle(out / "best", device="cpu")
     assert loaded.tuners.states() == {"full": True}
+    with pytest.raises(ConfigError, match="cannot be switched off"):
+        loaded.set_adapters({"full": False})
     tuned = AutoModelForCausalLM.from_pretrained(str(out / "best" / "full"))  # a real checkpoint
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():

@@ -129,12 +129,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from softprompt.predict import image_inputs, read_inputs, summarize, write_records
 
     args.prompt = _prompt_path(args)
-    if args.prompt is None:
-        print("predict needs --prompt DIR (a trained prompt or adapter bundle)", file=sys.stderr)
+    if args.prompt is None and args.model is None:
+        print("predict needs --prompt DIR (or --model for the bare model)", file=sys.stderr)
         return EXIT_USAGE
-    loaded = LoadedModel.from_bundle(
-        args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
-    )
+    if args.prompt is None:
+        loaded = LoadedModel.bare_text_model(args.model, args.max_new_tokens)
+    else:
+        loaded = LoadedModel.from_bundle(
+            args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
+        )
     loaded.set_adapters(_adapter_switches(args.adapter))
     images = loaded.task.type != "text2text"
     if images:

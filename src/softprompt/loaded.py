@@ -8,7 +8,6 @@ device, and switches adapters on or off without reloading.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,10 @@ from softprompt.data.errors import DataError
 from softprompt.data.images import load_image
 from softprompt.evaluate import WHOLE_SET, EvalShard, evaluate
 from softprompt.tasks import Task, TextTask, VisionTask
+from softprompt.tuners.base import SAVED_TUNERS
 from softprompt.tuners.bundle import Bundle, read_bundle
-from softprompt.tuners.full.tuner import FullTuner, language_model
-from softprompt.tuners.lora.tuner import LoraTuner
-from softprompt.tuners.prompt_tuning.io import PromptLoadError, check_base_model, load_prompt
-from softprompt.tuners.prompt_tuning.io import check_compatible as check_prompt
-from softprompt.tuners.prompt_tuning.tuner import PromptTuner
-from softprompt.tuners.tuner_set import TunerSet
-
-logger = logging.getLogger("softprompt")
+from softprompt.tuners.prompt_tuning.io import PromptLoadError, check_base_model
+from softprompt.tuners.tuner_set import TunerSet, register_tuners
 
 
 def default_device() -> torch.device:
@@ -44,22 +38,12 @@ def default_device() -> torch.device:
 def tuners_from_bundle(bundle: Bundle, backbone) -> TunerSet:
     """The bundle's adapters, loaded frozen into `backbone`, each on or off as saved."""
     check_base_model(bundle.meta, bundle.directory, backbone)
+    register_tuners()
     tuners = []
     for adapter in bundle.adapters.values():
-        if adapter.method == "prompt_tuning":
-            loaded = load_prompt(adapter.path)
-            check_prompt(loaded, backbone)
-            device = backbone.word_embeddings().device
-            tuner = PromptTuner.from_weight(loaded.weight.to(device))
-        elif adapter.method == "lora":
-            tuner = LoraTuner.from_dir(backbone, adapter.path, trainable=False)
-        elif adapter.method == "full":
-            tuner = FullTuner(language_model(backbone), learning_rate=0.0)
-            tuner.load(adapter.path)
-            tuner.target.requires_grad_(False)
-            tuner.trainable = False
-        else:
+        if adapter.method not in SAVED_TUNERS:
             raise PromptLoadError(f"{adapter.path}: unknown adapter method {adapter.method!r}")
+        tuner = SAVED_TUNERS.get(adapter.method)(backbone, bundle, adapter)
         if not adapter.enabled:
             tuner.set_enabled(False)
         tuners.append(tuner)
@@ -117,7 +101,7 @@ class LoadedModel:
         """Rebuild the base model a bundle records (or `model`) and load its adapters."""
         bundle = read_bundle(directory)
         record = bundle.task
-        name = model or bundle.base_model or _peft_base(bundle)
+        name = model or bundle.base_model
         if name is None:
             raise PromptLoadError(f"{directory} does not record its base model; pass --model")
         vision = None
@@ -140,10 +124,11 @@ class LoadedModel:
         )
 
     @classmethod
-    def bare(cls, backbone, task: Task, settings: EncodeSettings, device=None) -> LoadedModel:
-        """The backbone alone (zero-shot)."""
-        device = torch.device(device) if device else default_device()
-        return cls(backbone, TunerSet([], backbone), task, settings, {}, device)
+    def bare_text_model(cls, name: str, max_new_tokens: int | None = None) -> LoadedModel:
+        """A text model alone, no adapters (zero-shot `predict --model`)."""
+        backbone = load_backbone(name)
+        task = TextTask(max_new_tokens=max_new_tokens or 64)
+        return cls(backbone, TunerSet([], backbone), task, EncodeSettings(), {}, default_device())
 
     def set_adapters(self, states: dict[str, bool]) -> None:
         """Hot switches, e.g. {"prompt": False}: no reload, the next call sees them."""
@@ -203,11 +188,3 @@ def settings_from_record(record: dict[str, Any]) -> EncodeSettings:
         max_input_length=record.get("max_input_length", 512),
         max_target_length=record.get("max_target_length", 128),
     )
-
-
-def _peft_base(bundle: Bundle) -> str | None:
-    """A PEFT prompt names its base model in adapter_config.json."""
-    prompt = bundle.adapters.get("prompt")
-    if prompt is None:
-        return None
-    return load_prompt(prompt.path).base_model

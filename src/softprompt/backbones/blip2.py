@@ -189,7 +189,7 @@ class QueryTokenBackbone:
         return self.name_or_path
 
     def peft_task_type(self) -> str:
-        return "CAUSAL_LM" if self.lm.labels_in_input else "SEQ_2_SEQ_LM"
+        return self.lm.peft_task_type()
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         """`{"qformer_prompt": module}` with a Q-Former prompt, else `{}`."""

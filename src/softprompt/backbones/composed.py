@@ -228,7 +228,7 @@ class ComposedVLMBackbone:
         return self.lm.name_or_path
 
     def peft_task_type(self) -> str:
-        return "CAUSAL_LM"
+        return self.lm.peft_task_type()
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"projection": self.projection} if self.settings.train_projection else {}

@@ -68,7 +68,8 @@ def train_step(run: Run, step: list[int]) -> tuple[float, int]:
             acc.backward(loss_sum * (weight * scale))
         loss_total += weight * float(loss_sum.detach())
     if run.training.max_grad_norm is not None:
-        acc.clip_grad_norm_(run.tuners.parameters(), run.training.max_grad_norm)
+        params = [p for group in run.optimizer.param_groups for p in group["params"]]
+        acc.clip_grad_norm_(params, run.training.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -132,7 +133,7 @@ def save_run_checkpoint(run: Run) -> None:
 
 
 class Window:
-    """Loss and throughput since the last log line."""
+    """Loss and label tokens since the last log line; samples and time since the start."""
 
     def __init__(self) -> None:
         self.loss, self.tokens, self.samples = 0.0, 0, 0

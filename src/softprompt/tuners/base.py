@@ -123,8 +123,10 @@ class Tuner(Protocol):
         ...
 
 
-# name -> factory(config: RunConfig, backbone, generator) -> Tuner | None (None: not enabled)
+# name -> factory(config: RunConfig, backbone) -> Tuner | None (None: not enabled)
 TUNERS: Registry[Any] = Registry("tuner")
+# adapter method in a bundle -> loader(backbone, bundle, adapter) -> a frozen Tuner
+SAVED_TUNERS: Registry[Any] = Registry("saved adapter method")
 
 
 def trainable_parameters(tuner: Tuner) -> list[nn.Parameter]:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from softprompt.tuners.prompt_tuning.io import (
     META_FILE,
+    LoadedPrompt,
     PromptLoadError,
     _read_json_object,
     load_prompt,
@@ -51,16 +52,20 @@ class Bundle:
         meta: the manifest (or the prompt's softprompt.json; {} for a PEFT prompt).
         adapters: adapter name ("prompt", "lora", "full") -> `Adapter`.
         extras: trainable backbone state saved beside the adapters (projection, ...).
+        prompt: the prompt adapter as read (read once; its loader takes it from here).
     """
 
     directory: Path
     meta: dict[str, Any]
     adapters: dict[str, Adapter]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    prompt: LoadedPrompt | None = None
 
     @property
     def base_model(self) -> str | None:
-        return self.meta.get("base_model")
+        """The recorded base model (a PEFT prompt names it in adapter_config.json)."""
+        recorded = self.meta.get("base_model")
+        return recorded or (self.prompt.base_model if self.prompt is not None else None)
 
     @property
     def task(self) -> dict[str, Any]:
@@ -137,7 +142,7 @@ def read_bundle(directory: str | Path) -> Bundle:
     if not is_bundle(directory):
         loaded = load_prompt(directory)
         adapters = {"prompt": Adapter(directory, "prompt_tuning")}
-        return Bundle(directory, loaded.meta, adapters, loaded.extra)
+        return Bundle(directory, loaded.meta, adapters, loaded.extra, loaded)
     meta = _read_json_object(directory / META_FILE)
     _verify(directory, meta)
     raw = meta.get("adapters")
@@ -151,14 +156,15 @@ def read_bundle(directory: str | Path) -> Bundle:
             directory / name, str(entry.get("method")), bool(entry.get("enabled", True))
         )
     extras: dict[str, torch.Tensor] = {}
-    if "prompt" in adapters:
-        extras = load_prompt(adapters["prompt"].path).extra
+    prompt = load_prompt(adapters["prompt"].path) if "prompt" in adapters else None
+    if prompt is not None:
+        extras = prompt.extra
     elif (directory / MODULES_FILE).is_file():
         try:
             extras = load_file(str(directory / MODULES_FILE))
         except SafetensorError as err:
             raise PromptLoadError(f"{directory / MODULES_FILE}: unreadable ({err})") from None
-    return Bundle(directory, meta, adapters, extras)
+    return Bundle(directory, meta, adapters, extras, prompt)
 
 
 def _verify(directory: Path, meta: dict[str, Any]) -> None:

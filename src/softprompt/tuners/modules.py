@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from softprompt.config import ConfigError
 from softprompt.tuners.base import TUNERS
 
 
@@ -35,7 +36,7 @@ class BackboneModuleTuner:
 
     def set_enabled(self, enabled: bool) -> None:
         if not enabled:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name} is part of the model's architecture and cannot be switched off"
             )
 

@@ -76,9 +76,6 @@ class TunerSet:
             for t in self.trainable()
         ]
 
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for group in self.param_groups() for p in group["params"]]
-
     def prompt_input(self, batch_size: int) -> PromptInput | None:
         """The batch's soft prompts, or None when there is no prompt or it is off."""
         prompt = self.prompt

@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from softprompt.tuners.base import TUNERS
+from softprompt.config import ConfigError
+from softprompt.tuners.base import SAVED_TUNERS, TUNERS
 from softprompt.tuners.peft_files import PeftFileError
 
 
@@ -37,7 +38,9 @@ class FullTuner:
 
     def set_enabled(self, enabled: bool) -> None:
         if not enabled:
-            raise ValueError("full fine-tuning changed the model itself; it cannot be switched off")
+            raise ConfigError(
+                "full fine-tuning changed the model itself; it cannot be switched off"
+            )
 
     def save(self, directory: Path, context: dict[str, Any]) -> None:
         self.target.save_pretrained(str(directory), safe_serialization=True)
@@ -73,3 +76,13 @@ def build_full_tuner(config, backbone) -> FullTuner | None:
 def language_model(backbone) -> nn.Module:
     """The Hugging Face language model of a text backbone or of a VLM's text half."""
     return getattr(backbone, "lm", backbone).model
+
+
+@SAVED_TUNERS.register("full")
+def load_saved_full(backbone, bundle, adapter) -> FullTuner:
+    """A bundle's full fine-tune loaded into `backbone`'s language model, frozen."""
+    tuner = FullTuner(language_model(backbone), learning_rate=0.0)
+    tuner.load(adapter.path)
+    tuner.target.requires_grad_(False)
+    tuner.trainable = False
+    return tuner

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from softprompt.config import ConfigError
-from softprompt.tuners.base import TUNERS
+from softprompt.tuners.base import SAVED_TUNERS, TUNERS
 from softprompt.tuners.lora.config import LoraSettings
 from softprompt.tuners.peft_files import PeftFileError, read_adapter_weights
 
@@ -208,3 +208,9 @@ def build_lora_tuner(config, backbone) -> LoraTuner | None:
     if not settings.enabled:
         return None
     return LoraTuner.create(settings, backbone)
+
+
+@SAVED_TUNERS.register("lora")
+def load_saved_lora(backbone, bundle, adapter) -> LoraTuner:
+    """A bundle's LoRA, injected frozen into `backbone`."""
+    return LoraTuner.from_dir(backbone, adapter.path, trainable=False)

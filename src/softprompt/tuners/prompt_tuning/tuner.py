@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from softprompt.tuners.base import TUNERS, PromptInput
+from softprompt.tuners.base import SAVED_TUNERS, TUNERS, PromptInput
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
-from softprompt.tuners.prompt_tuning.io import load_prompt, save_prompt
+from softprompt.tuners.prompt_tuning.io import check_compatible, load_prompt, save_prompt
 from softprompt.tuners.prompt_tuning.model import SoftPrompt
 
 
@@ -112,3 +112,11 @@ def build_prompt_tuner(config, backbone) -> PromptTuner | None:
     return PromptTuner.for_backbone(
         pt, backbone, config.training.learning_rate, config.training.seed
     )
+
+
+@SAVED_TUNERS.register("prompt_tuning")
+def load_saved_prompt(backbone, bundle, adapter) -> PromptTuner:
+    """A bundle's prompt (already read by `read_bundle`), checked against `backbone`."""
+    loaded = bundle.prompt if bundle.prompt is not None else load_prompt(adapter.path)
+    check_compatible(loaded, backbone)
+    return PromptTuner.from_weight(loaded.weight.to(backbone.word_embeddings().device))
