@@ -282,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapter_switch(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)
+    _add_method_commands(sub)
+    return parser
 
+
+def _add_method_commands(sub) -> None:
+    """`export` and `compare`: what LoRA / full fine-tuning runs add."""
     p = sub.add_parser("export", help="write a bundle's model with LoRA merged in")
     p.add_argument("bundle", help="adapter bundle (RUN/best)")
     p.add_argument("--merge", action="store_true", help="merge LoRA into the base weights")
@@ -296,7 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="prompt,lora,prompt+lora,full")
     p.add_argument("--output-dir", help="default: <training.output_dir>/compare")
     p.set_defaults(func=_cmd_compare)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
