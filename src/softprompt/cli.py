@@ -11,6 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from softprompt.commands import add_commands
+
 EXIT_USAGE = 2
 
 
@@ -283,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)
     _add_method_commands(sub)
+    add_commands(sub)
     return parser
 
 
