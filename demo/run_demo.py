@@ -1,7 +1,8 @@
 """`make demo`: zero-shot vs prompt-tuned, on the embedded offline models.
 
-Evaluates the bare model on the test split, trains the config's soft prompt, then
-evaluates the trained prompt on the same split and prints both. Everything runs offline
+Evaluates the bare model on the test split (saved as the run's zero-shot baseline),
+trains the config's soft prompt, evaluates the trained prompt on the same split, prints
+both and writes the run's HTML report (`softprompt report`). Everything runs offline
 from weights and data that ship inside Python packages.
 
     python demo/run_demo.py [CONFIG] [key.sub=value ...]
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from softprompt.cli import _setup_logging
 from softprompt.config import load_config
-from softprompt.eval_run import run_evaluation
+from softprompt.report.baseline import run_baseline
+from softprompt.report.build import write_report
 from softprompt.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +45,8 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
 
     log.info("Zero-shot: the bare model on the test split (same template)")
-    zero_shot = run_evaluation(config, splits=("test",), progress=True)["test"]
+    # Saved under <output_dir>/baseline with its predictions: the report reuses them.
+    zero_shot = run_baseline(config, splits=("test",), progress=True)["test"]
     zero_minutes = (time.perf_counter() - started) / 60
 
     log.info("Prompt tuning with %s", config_path.name)
@@ -74,6 +77,8 @@ def main(argv: list[str]) -> int:
     )
     out = Path(config.training.output_dir) / "demo_results.json"
     out.write_text(json.dumps({"zero_shot": zero_shot, "tuned": tuned}, indent=2), "utf-8")
+    report = write_report(config.training.output_dir)
+    print(f"Report: {report.html}")
     return 0
 
 

@@ -187,6 +187,32 @@ def test_two_processes_train_the_lora_one_process_trains(text_runs):
     assert any(v.abs().sum() > 0 for k, v in moved.items() if "lora_B" in k)
 
 
+def test_two_processes_train_the_bank_one_process_trains(text_runs):
+    """A multi-task bank: rows of different tasks (prompts of 3 and 5 tokens) in one step,
+    split over two processes, give the prompts one process gives."""
+    root = text_runs["root"]
+    one, two = root / "bank_one", root / "bank_two"
+    data = {"train": root / "data" / "train.jsonl", "val": root / "data" / "val.jsonl"}
+    model = json.loads((text_runs["one"] / "best" / "softprompt.json").read_text())["base_model"]
+    second = write_jsonl(root / "data" / "second.jsonl", toy_task(24, seed=7))
+
+    def config(name: str, out: Path, batch_size: int) -> Path:
+        sections = text_sections(Path(model), data, out, batch_size)
+        sections["tasks"] = [
+            {"name": "first", "num_virtual_tokens": 3},
+            {"name": "second", "num_virtual_tokens": 5, "data": {"train_path": str(second)}},
+        ]
+        return write_config(root / name, sections)
+
+    train(load_config(config("b1.yaml", one, batch_size=8)))
+    launch_two(config("b2.yaml", two, batch_size=4))
+    for task in ("first", "second"):
+        assert_same_weights(one / "checkpoint-9" / task, two / "checkpoint-9" / task)
+    (eval_one,) = [e for e in events(one) if e["event"] == "eval"]
+    (eval_two,) = [e for e in events(two) if e["event"] == "eval"]
+    assert eval_two["eval_second_loss"] == pytest.approx(eval_one["eval_second_loss"], rel=1e-5)
+
+
 def test_resume_across_process_counts(text_runs):
     root, one, two, config = (text_runs[k] for k in ("root", "one", "two", "config"))
     # Written by two processes, finished by one (8 examples per step either way).

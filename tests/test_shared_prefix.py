@@ -19,9 +19,9 @@ def count_shared_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = CausalLMBackbone._hidden_over_shared_prefix
 
-    def spy(self, embeds, shared):
+    def spy(self, embeds, shared, groups=None):
         calls.append(shared)
-        return original(self, embeds, shared)
+        return original(self, embeds, shared, groups)
 
     monkeypatch.setattr(CausalLMBackbone, "_hidden_over_shared_prefix", spy)
     return calls

@@ -81,6 +81,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from softprompt.config import load_config
     from softprompt.eval_run import run_evaluation
 
+    if args.zero_shot:
+        from softprompt.commands.baseline import zero_shot_eval
+
+        return zero_shot_eval(args)
     config = load_config(args.config, args.overrides)
     results = run_evaluation(
         config,
@@ -126,9 +130,8 @@ def _adapter_switches(values: list[str] | None) -> dict[str, bool]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from softprompt.data.records import TextExample
     from softprompt.loaded import LoadedModel
-    from softprompt.predict import image_inputs, read_inputs, summarize, write_records
+    from softprompt.predict import summarize, write_records
 
     args.prompt = _prompt_path(args)
     if args.prompt is None and args.model is None:
@@ -141,37 +144,79 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
         )
     loaded.set_adapters(_adapter_switches(args.adapter))
-    images = loaded.task.type != "text2text"
-    if images:
-        examples = image_inputs(
-            args.image, args.image_dir, args.input, args.question, task_type=loaded.task.type
-        )
-    elif args.image or args.image_dir:
-        print("this prompt was trained for text; give --text or --input", file=sys.stderr)
-        return EXIT_USAGE
-    elif args.text is not None:
-        examples = [
-            TextExample(id=str(i), input=loaded.apply_template(t)) for i, t in enumerate(args.text)
-        ]
-    elif args.input is not None:
-        field = args.input_field or loaded.task_record.get("input_field", "input")
-        examples = read_inputs(args.input, field, loaded.task_record.get("template"))
+    if args.task is not None:
+        loaded.select_task(args.task, args.max_new_tokens)
+    if loaded.task_names() and args.task is None:
+        records = _predict_per_record_task(loaded, args)
     else:
-        print("predict needs --text or --input", file=sys.stderr)
+        records = _predict_inputs(loaded, args, args.input)
+    if records is None:
         return EXIT_USAGE
-    records = loaded.predict(examples, args.batch_size, progress=not args.no_progress)
-    if args.text is not None and not images:
-        for record, text in zip(records, args.text, strict=True):
-            record["input"] = text
     if args.output:
         write_records(records, args.output)
         print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
     else:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
-    if images:
+    if loaded.task.type != "text2text":
         print(f"summary: {json.dumps(summarize(records))}", file=sys.stderr)
     return 0
+
+
+def _predict_inputs(loaded, args: argparse.Namespace, input_path: str | None) -> list | None:
+    """Records for the inputs the flags name (None: the flags do not fit the task)."""
+    from softprompt.data.records import TextExample
+    from softprompt.predict import image_inputs, read_inputs
+
+    images = loaded.task.type != "text2text"
+    if images:
+        examples = image_inputs(
+            args.image, args.image_dir, input_path, args.question, task_type=loaded.task.type
+        )
+    elif args.image or args.image_dir:
+        print("this prompt was trained for text; give --text or --input", file=sys.stderr)
+        return None
+    elif args.text is not None:
+        examples = [
+            TextExample(id=str(i), input=loaded.apply_template(t)) for i, t in enumerate(args.text)
+        ]
+    elif input_path is not None:
+        field = args.input_field or loaded.task_record.get("input_field", "input")
+        examples = read_inputs(input_path, field, loaded.task_record.get("template"))
+    else:
+        print("predict needs --text or --input", file=sys.stderr)
+        return None
+    records = loaded.predict(examples, args.batch_size, progress=not args.no_progress)
+    if args.text is not None and not images:
+        for record, text in zip(records, args.text, strict=True):
+            record["input"] = text
+    return records
+
+
+def _predict_per_record_task(loaded, args: argparse.Namespace) -> list | None:
+    """A bank without --task: each --input record names its task (`task` field)."""
+    import tempfile
+
+    from softprompt.predict import split_by_task
+
+    names = loaded.task_names()
+    if args.input is None:
+        print(
+            f"this prompt bank has tasks {', '.join(names)}: pass --task NAME, or --input "
+            "records with a 'task' field",
+            file=sys.stderr,
+        )
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        order, files = split_by_task(args.input, names, Path(scratch))
+        answered = {}
+        for name, path in files.items():
+            loaded.select_task(name, args.max_new_tokens)
+            records = _predict_inputs(loaded, args, str(path))
+            if records is None:
+                return None
+            answered[name] = iter([{"task": name, **r} for r in records])
+    return [next(answered[name]) for name in order]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -255,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the metrics JSON here")
     p.add_argument("--predictions", help="write per-example predictions (PATH.<split>.jsonl)")
     p.add_argument("--loss-only", action="store_true", help="skip generation metrics")
+    p.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="the frozen model with the hard prompt only (no --prompt); also saved under "
+        "<training.output_dir>/baseline, as `softprompt baseline` does",
+    )
     _add_adapter_switch(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
@@ -281,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--task",
+        help="with a multi-task prompt bank: the task (prompt) to use; without it, each "
+        "--input record names its own in a 'task' field",
+    )
     _add_adapter_switch(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)

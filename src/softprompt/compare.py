@@ -16,13 +16,17 @@ from typing import Any
 
 from softprompt.config import ConfigError
 
+_PLAIN = "method.prompt_tuning.reparameterize=none"
+_NO_PREFIX = "method.prefix_tuning.enabled=false"
 # Method name -> config overrides (every method switch is set, so the config's own
 # switches never leak into another row).
 METHODS: dict[str, list[str]] = {
-    "prompt": ["method.prompt_tuning.enabled=true", "method.lora.enabled=false", "method.full.enabled=false"],
-    "lora": ["method.prompt_tuning.enabled=false", "method.lora.enabled=true", "method.full.enabled=false"],
-    "prompt+lora": ["method.prompt_tuning.enabled=true", "method.lora.enabled=true", "method.full.enabled=false"],
-    "full": ["method.prompt_tuning.enabled=false", "method.lora.enabled=false", "method.full.enabled=true"],
+    "prompt": ["method.prompt_tuning.enabled=true", "method.lora.enabled=false", "method.full.enabled=false", _PLAIN, _NO_PREFIX],
+    "lora": ["method.prompt_tuning.enabled=false", "method.lora.enabled=true", "method.full.enabled=false", _PLAIN, _NO_PREFIX],
+    "prompt+lora": ["method.prompt_tuning.enabled=true", "method.lora.enabled=true", "method.full.enabled=false", _PLAIN, _NO_PREFIX],
+    "full": ["method.prompt_tuning.enabled=false", "method.lora.enabled=false", "method.full.enabled=true", _PLAIN, _NO_PREFIX],
+    "residual": ["method.prompt_tuning.enabled=true", "method.lora.enabled=false", "method.full.enabled=false", "method.prompt_tuning.reparameterize=residual", _NO_PREFIX],
+    "prefix": ["method.prompt_tuning.enabled=false", "method.lora.enabled=false", "method.full.enabled=false", _PLAIN, "method.prefix_tuning.enabled=true"],
 }  # fmt: skip
 
 

@@ -12,224 +12,33 @@ import difflib
 import reprlib
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
+from softprompt.config_sections import (  # re-exported: callers import the sections here
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    TaskConfig,
+    TrainingConfig,
+    _Section,
+)
+from softprompt.config_tasks import TaskEntry, TaskSampling
 from softprompt.tuners.full.config import FullSettings
 from softprompt.tuners.lora.config import LoraSettings
+from softprompt.tuners.prefix_tuning.config import PrefixTuningSettings
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
 
 
 class ConfigError(ValueError):
     """A configuration problem, with a message meant for the user."""
-
-
-class _Section(BaseModel):
-    # inf/nan pass `gt=0` checks and then poison training; refuse them up front.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class ModelConfig(_Section):
-    name_or_path: str = Field(
-        "embedded:smollm2-135m",
-        description="Hugging Face hub id, a local directory written by save_pretrained, or an "
-        "embedded model (`embedded:smollm2-135m`).",
-    )
-    family: Literal["causal_lm", "seq2seq", "composed", "blip2", "instructblip"] | None = Field(
-        None, description="Backbone family; detected from the model's config when omitted."
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype the frozen backbone is loaded in."
-    )
-    trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
-    vision_encoder: str | None = Field(
-        None,
-        description="Composed VLM: vision encoder (hub id or directory of a transformers "
-        "vision model such as CLIPVisionModel/SiglipVisionModel/ViT, `timm:<name>`, or "
-        "`embedded:effnet-lite0`). Setting it makes the family `composed`.",
-    )
-    language_model: str | None = Field(
-        None, description="Composed VLM: the causal LM (hub id, directory or embedded name)."
-    )
-    projection: Literal["linear", "mlp"] = Field(
-        "mlp", description="Composed VLM: vision-to-LM projection (mlp = 2 layers, GELU)."
-    )
-    train_projection: bool = Field(
-        True, description="Composed VLM: train the projection together with the prompt."
-    )
-    num_image_tokens: int | None = Field(
-        None, ge=1, description="Composed VLM: pool the image features to this many tokens."
-    )
-
-
-class MethodConfig(_Section):
-    prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    full: FullSettings = Field(default_factory=FullSettings)
-
-    @model_validator(mode="after")
-    def _methods_fit_together(self) -> MethodConfig:
-        if self.full.enabled and self.lora.enabled:
-            raise ValueError(
-                "method.full and method.lora are both enabled: full fine-tuning already trains "
-                "every weight LoRA would adapt; enable one of them"
-            )
-        if self.lora.quantization_bit and not self.lora.enabled:
-            raise ValueError(
-                "method.lora.quantization_bit is set but method.lora.enabled is false: "
-                "quantized base weights can only be trained through LoRA (QLoRA)"
-            )
-        return self
-
-    def enabled_methods(self) -> list[str]:
-        """Names of the enabled methods, e.g. ["prompt_tuning", "lora"]."""
-        return [n for n in ("prompt_tuning", "lora", "full") if getattr(self, n).enabled]
-
-
-class DataConfig(_Section):
-    train_path: str | None = Field(
-        None,
-        description="Training data: a .jsonl/.json/.csv/.tsv file, `builtin:aclsum/<aspect>`, "
-        "`hf:<hub id>`, or a `datasets` save_to_disk directory.",
-    )
-    val_test_path: str | None = Field(
-        None, description="Validation data (same forms); for builtins the val split is used."
-    )
-    validation: bool = Field(
-        True,
-        description="Evaluate during training. False: no validation; best/ is the final prompt "
-        "(use it when the only held-out split is the test split).",
-    )
-    test_path: str | None = Field(
-        None, description="Test data evaluated once at the end with the best prompt."
-    )
-    format: Literal["jsonl", "json", "csv", "tsv", "builtin", "hf", "hf_disk"] | None = Field(
-        None, description="Data format; detected from the path when omitted."
-    )
-    input_field: str = Field("input", description="Record field holding the source text.")
-    target_field: str = Field("target", description="Record field holding the reference.")
-    id_field: str = Field("id", description="Record field holding an id (optional).")
-    template: str | None = Field(
-        None,
-        description="Format string applied to each record, e.g. 'Summarize: {input}'. "
-        "Without one the input is tokenized exactly as given.",
-    )
-    max_input_length: int = Field(512, ge=1, description="Input tokens kept (truncated).")
-    max_target_length: int = Field(128, ge=1, description="Target tokens kept (truncated).")
-    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N.")
-    max_eval_samples: int | None = Field(None, ge=1, description="Evaluate the first N only.")
-    image_field: str = Field("image_path", description="Image-text files: the image field.")
-    text_field: str = Field("text", description="Image-text files: the caption/answer field.")
-    question_field: str = Field("question", description="Image-text VQA files: question field.")
-    answer_field: str = Field("answer", description="Image-text VQA files: answer field.")
-    strict: bool = Field(
-        False,
-        description="Stop at the first unreadable image instead of reporting and skipping it.",
-    )
-    feature_cache: Literal["off", "memory", "disk"] = Field(
-        "memory", description="Cache frozen image features (computed once per image)."
-    )
-    cache_dir: str | None = Field(
-        None, description="Disk feature cache directory (default: <output_dir>/feature_cache)."
-    )
-
-    @field_validator("feature_cache", mode="before")
-    @classmethod
-    def _yaml_off_is_false(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare `off` (in a file or a key=value override) as False.
-        return "off" if value is False else value
-
-
-class TaskConfig(_Section):
-    type: Literal["text2text", "classify", "caption", "vqa"] = Field(
-        "text2text", description="What the run learns; decides metrics and prediction."
-    )
-    max_new_tokens: int = Field(64, ge=1, description="Generation length for eval/predict.")
-    instruction: str | None = Field(
-        None,
-        description="classify/caption: the instruction given with each image, e.g. 'Is this "
-        "image AI-generated?'.",
-    )
-    labels: dict[str, str] | None = Field(
-        None,
-        description="classify: class folder name -> the words the model should say, e.g. "
-        "{ai: 'yes', nature: 'no'}. Default: the class names themselves.",
-    )
-    answers: list[str] | None = Field(
-        None,
-        description="vqa: a closed answer list; answers are then scored instead of generated.",
-    )
-    positive_label: str | None = Field(
-        None, description="classify with two classes: the class ROC-AUC/AP are computed for."
-    )
-
-
-class TrainingConfig(_Section):
-    output_dir: str = Field("runs/default", description="Run directory.")
-    epochs: float = Field(3, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(
-        None, ge=1, description="Optimizer steps; overrides epochs when set."
-    )
-    batch_size: int = Field(
-        8,
-        ge=1,
-        description="Examples per batch on each process (like HF's per_device_train_batch_size). "
-        "An optimizer step takes batch_size x processes x gradient_accumulation_steps examples "
-        "(the first log line says how many); keep that product to get the same training, or to "
-        "resume exactly, under another process count.",
-    )
-    eval_batch_size: int | None = Field(None, ge=1, description="Defaults to batch_size.")
-    gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Batches each process accumulates per optimizer step."
-    )
-    learning_rate: float = Field(3e-2, gt=0, description="Peak learning rate.")
-    projection_learning_rate: float | None = Field(
-        None,
-        gt=0,
-        description="Learning rate of trainable modules besides the prompt (vision projection, "
-        "Q-Former prompt); default learning_rate / 10.",
-    )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="Decay after warm-up."
-    )
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables.")
-    logging_steps: int = Field(10, ge=1, description="Log train loss every N optimizer steps.")
-    eval_steps: int | None = Field(
-        None, ge=1, description="Evaluate every N optimizer steps; null: at each epoch end."
-    )
-    save_steps: int | None = Field(
-        None, ge=1, description="Checkpoint every N optimizer steps; null: with each eval."
-    )
-    save_total_limit: int | None = Field(
-        2, ge=1, description="Keep only the newest N checkpoint-STEP directories."
-    )
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after N evaluations without improvement."
-    )
-    metric_for_best_model: str = Field(
-        "eval_loss", description="Metric deciding best/ (eval_loss, eval_rougeL, eval_bleu, ...)."
-    )
-    greater_is_better: bool | None = Field(
-        None, description="Direction of metric_for_best_model; inferred from its name if null."
-    )
-    eval_generate: bool = Field(
-        True, description="Generate during eval to compute ROUGE/BLEU/EM (slower than loss)."
-    )
-    group_by_length: bool = Field(True, description="Length-bucketed batches (less padding).")
-    bf16: bool = Field(False, description="bfloat16 autocast where the device supports it.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for init, data order and dropout.")
 
 
 class RunConfig(_Section):
@@ -238,6 +47,32 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tasks: list[TaskEntry] = Field(
+        default_factory=list,
+        description="Several tasks trained together, one prompt each (a prompt bank); "
+        "each entry overrides data/task/prompt settings. Empty: the single task above.",
+    )
+    task_sampling: TaskSampling = Field(default_factory=TaskSampling)
+
+    @model_validator(mode="after")
+    def _tasks_resolve(self) -> RunConfig:
+        if self.tasks:
+            from softprompt.multitask import resolve_tasks
+
+            resolve_tasks(self)  # each task's merged config is valid
+        return self
+
+    @model_validator(mode="after")
+    def _prefix_without_checkpointing(self) -> RunConfig:
+        # transformers drops past_key_values inside checkpointed layers while training, so
+        # the prefix would silently not be there.
+        if self.method.prefix_tuning.enabled and self.training.gradient_checkpointing:
+            raise ValueError(
+                "method.prefix_tuning.enabled with training.gradient_checkpointing: true: "
+                "checkpointed layers run without past key/values, so the prefix would be "
+                "ignored while training; set training.gradient_checkpointing: false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _best_metric_is_computed(self) -> RunConfig:
@@ -335,9 +170,11 @@ _SECTIONS = {
     "method.prompt_tuning": PromptTuningConfig,
     "method.lora": LoraSettings,
     "method.full": FullSettings,
+    "method.prefix_tuning": PrefixTuningSettings,
     "data": DataConfig,
     "task": TaskConfig,
     "training": TrainingConfig,
+    "task_sampling": TaskSampling,
 }
 
 
@@ -374,16 +211,43 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def closest_key(key: str) -> str | None:
+    """The config key a mistyped `key` most likely meant (same leaf name as a fallback)."""
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    if not close:
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    return close[0] if close else None
+
+
+def check_key(key: str, what: str = "key") -> str:
+    """A dotted key as an override writes it -> the config key it sets (older names mapped).
+
+    Keys below a mapping-valued field (`task.labels.ai`) pass; their values are checked
+    when the config is built.
+
+    Raises:
+        ConfigError: the key is not in the schema; names the closest valid key.
+    """
+    key = LEGACY_KEYS.get(key.strip(), key.strip())
+    parts = key.split(".")
+    if any(".".join(parts[:n]) in _FIELD_KEYS for n in range(1, len(parts) + 1)):
+        return key
+    if key in _SECTIONS:
+        names = ", ".join(_SECTIONS[key].model_fields)
+        raise ConfigError(f"{what} {key!r} is a section, not a key; its keys: {names}")
+    close = closest_key(key)
+    hint = f"; did you mean {close!r}?" if close else ""
+    raise ConfigError(f"unknown {what} {_printable(key[:200])!r}{hint}")
+
+
 def _describe_error(item: Any) -> str:
     parts = [str(p) for p in item["loc"] if not isinstance(p, int)]
     loc = _printable(".".join(parts)[:200])
     kind = item["type"]
     if kind == "extra_forbidden":
-        close = difflib.get_close_matches(loc, _all_keys(), n=1, cutoff=0.5)
-        leaf = loc.rsplit(".", 1)[-1]
-        if not close:
-            close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest_key(loc)
+        hint = f"; did you mean {close!r}?" if close else ""
         return f"unknown key {loc!r}{hint}"
     got = _SHORT.repr(item.get("input"))
     section = _SECTIONS.get(".".join(parts))
@@ -484,7 +348,9 @@ def config_reference_markdown() -> str:
                 walk(ann, f"{prefix}{name}.")
                 continue
             default = field.get_default(call_default_factory=True)
-            rows.append(f"| `{prefix}{name}` | `{default!r}` | {field.description or ''} |")
+            shown = "required" if field.is_required() else f"`{default!r}`"
+            rows.append(f"| `{prefix}{name}` | {shown} | {field.description or ''} |")
 
     walk(RunConfig, "")
+    walk(TaskEntry, "tasks[].")  # the keys of each `tasks:` entry
     return "\n".join(rows)

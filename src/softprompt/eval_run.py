@@ -44,6 +44,13 @@ def load_for_evaluation(
     For image tasks, a bundle's own task record (classes, label words, template) takes
     precedence over the config, so adapters are scored the way they were trained.
     """
+    if not prompt_dir:
+        # A bare composed model's projection is freshly initialised; seeded with
+        # training.seed (as training seeds it before building the model), zero-shot
+        # scores are the same on every run of the command.
+        from accelerate.utils import set_seed
+
+        set_seed(config.training.seed)
     backbone = backbone_from_config(config, model)
     bundle = read_bundle(prompt_dir) if prompt_dir else None
     tuners = tuners_from_bundle(bundle, backbone) if bundle else TunerSet([], backbone)
@@ -88,11 +95,41 @@ def run_evaluation(
     if loaded.tuners.states():
         results["adapters"] = loaded.tuners.states()
     for split in splits:
-        examples = load_split(config, split)
-        if not examples:
+        if config.tasks:
+            metrics, records = _evaluate_tasks(loaded, config, split, batch_size, predict, progress)
+        else:
+            examples = load_split(config, split)
+            if not examples:
+                continue
+            metrics, records = loaded.evaluate(examples, batch_size, predict, progress=progress)
+        if not records and not metrics:
             continue
-        metrics, records = loaded.evaluate(examples, batch_size, predict=predict, progress=progress)
         results[split] = metrics
         if predictions_path:
             write_records(records, Path(predictions_path).with_suffix(f".{split}.jsonl"))
     return results
+
+
+def _evaluate_tasks(
+    loaded: LoadedModel, config: RunConfig, split: str, batch_size, predict, progress
+):
+    """A multi-task config: each task's split with its own task (and, for a bank, its own
+    prompt); `<task>_<metric>` plus the mean over tasks, as training reports them."""
+    from softprompt.multitask import task_specs
+    from softprompt.train.banks import mean_over
+
+    parts, records = {}, []
+    bank_tasks = loaded.task_names()
+    for spec in task_specs(config):
+        examples = load_split(spec.config, split)
+        if not examples:
+            continue
+        if bank_tasks:
+            loaded.select_task(spec.name)
+        loaded.task = task_from_config(
+            spec.config, _classes(spec.config) if spec.config.task.type == "classify" else None
+        )
+        metrics, own = loaded.evaluate(examples, batch_size, predict, progress=progress)
+        parts[spec.name] = metrics
+        records.extend({"task": spec.name, **r} for r in own)
+    return (mean_over(parts) if parts else {}), records

@@ -14,8 +14,8 @@ def export_merged(bundle: str | Path, output: str | Path, model: str | None = No
 
     The written directory is the model PEFT users wrap (the language model of a composed
     model, the whole BLIP-2 model, the text model itself) plus its tokenizer. A soft prompt
-    in the bundle stays a prompt: it is copied to `OUTPUT/prompt/`, for
-    `softprompt predict --prompt OUTPUT/prompt --model OUTPUT`.
+    or prefix in the bundle stays one: it is copied to `OUTPUT/prompt/` (`OUTPUT/prefix/`),
+    for `softprompt predict --prompt OUTPUT/prompt --model OUTPUT`.
 
     Raises:
         ConfigError: the bundle has neither LoRA nor a full fine-tune to merge.
@@ -29,8 +29,7 @@ def export_merged(bundle: str | Path, output: str | Path, model: str | None = No
     merged = lora.merge_into_base() if lora is not None else full.target
     merged.save_pretrained(str(output), safe_serialization=True)
     loaded.backbone.tokenizer.save_pretrained(str(output))
-    prompt = loaded.tuners.get("prompt")
-    if prompt is not None:
-        source = Path(bundle) / "prompt"
-        shutil.copytree(source, output / "prompt", dirs_exist_ok=True)
+    for adapter in ("prompt", "prefix"):  # they act on the merged model as they did before
+        if loaded.tuners.get(adapter) is not None:
+            shutil.copytree(Path(bundle) / adapter, output / adapter, dirs_exist_ok=True)
     return output

@@ -17,6 +17,7 @@ import torch
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
 from softprompt.backbones.vision_base import VisionSettings
+from softprompt.config import ConfigError
 from softprompt.data.errors import DataError
 from softprompt.data.images import load_image
 from softprompt.evaluate import WHOLE_SET, EvalShard, evaluate
@@ -135,6 +136,34 @@ class LoadedModel:
         for adapter, enabled in states.items():
             self.tuners.set_enabled(adapter, enabled)
 
+    @property
+    def bank(self):
+        """The loaded prompt bank (several tasks or an ensemble), or None."""
+        from softprompt.tuners.prompt_tuning.bank import PromptBank
+
+        prompt = self.tuners.prompt
+        return prompt if isinstance(prompt, PromptBank) else None
+
+    def task_names(self) -> list[str]:
+        """The tasks of a multi-task bank ([] for one prompt or an ensemble)."""
+        bank = self.bank
+        return bank.names if bank is not None and bank.kind == "tasks" else []
+
+    def select_task(self, name: str, max_new_tokens: int | None = None) -> None:
+        """Serve one task of a bank: its prompt, task, template and lengths.
+
+        Raises:
+            ConfigError: not a multi-task bank, or no such task (names the tasks).
+        """
+        if not self.task_names():
+            raise ConfigError("--task needs a multi-task prompt bank; this model has one task")
+        bank = self.bank
+        bank.select(name)
+        record = bank.records.get(name) or {}
+        self.task = task_from_record(record, max_new_tokens)
+        self.task_record = record
+        self.settings = settings_from_record(record)
+
     def apply_template(self, text: str) -> str:
         """The training template, if the adapters were trained with one; else the text."""
         template = self.task_record.get("template")
@@ -149,7 +178,11 @@ class LoadedModel:
         progress: bool = False,
         shard: EvalShard = WHOLE_SET,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Metrics and per-example records (see `softprompt.evaluate.evaluate`)."""
+        """Metrics and per-example records (see `softprompt.evaluate.evaluate`); an
+        ensemble's records combine its members (see `softprompt.ensemble`)."""
+        bank = self.bank
+        if bank is not None and bank.kind == "ensemble" and bank.enabled:
+            return self._evaluate_ensemble(examples, batch_size, predict, progress, shard)
         return evaluate(
             self.backbone,
             self.tuners.prompt_input,
@@ -162,6 +195,21 @@ class LoadedModel:
             progress=progress,
             shard=shard,
         )
+
+    def _evaluate_ensemble(self, examples, batch_size, predict, progress, shard):
+        from softprompt.ensemble import evaluate_ensemble
+
+        sources = [
+            lambda n, k=k: self.tuners.prompt_input(n, ids=torch.full((n,), k))
+            for k in range(len(self.bank.members))
+        ]
+        metrics, records, members = evaluate_ensemble(
+            self.backbone, sources, examples, self.task, self.settings,
+            batch_size=batch_size, predict=predict, progress=progress, shard=shard,
+        )  # fmt: skip
+        for name, member in zip(self.bank.names, members, strict=True):
+            metrics.update({f"{name}_{k}": v for k, v in member.items()})
+        return metrics, records
 
     def predict(
         self, examples: list, batch_size: int = 8, progress: bool = False

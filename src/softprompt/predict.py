@@ -24,6 +24,49 @@ def read_inputs(path: str, input_field: str, template: str | None) -> list[TextE
     )
 
 
+def split_by_task(path: str, tasks: list[str], scratch: Path) -> tuple[list[str], dict[str, Path]]:
+    """Records of a JSONL/JSON input grouped by their `task` field.
+
+    Returns:
+        (each record's task, in input order; task -> a JSONL file of its records under
+        `scratch`, in input order).
+
+    Raises:
+        DataError: an unreadable file, or a record without a known task (names its line).
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read ({err})") from None
+    stripped = text.lstrip()
+    try:
+        if stripped.startswith("["):
+            rows = [(i + 1, r) for i, r in enumerate(json.loads(stripped))]
+        else:
+            rows = [
+                (n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()
+            ]
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not JSONL or a JSON array ({err})") from None
+    order: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for where, row in rows:
+        task = row.get("task") if isinstance(row, dict) else None
+        if task not in tasks:
+            raise DataError(
+                f"{path}:{where}: 'task' must name one of the bank's tasks "
+                f"({', '.join(tasks)}); got {task!r}"
+            )
+        order.append(task)
+        groups.setdefault(task, []).append(json.dumps(row, ensure_ascii=False))
+    files = {}
+    for task, lines in groups.items():
+        files[task] = scratch / f"{task}.jsonl"
+        files[task].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return order, files
+
+
 def write_records(records: list[dict[str, Any]], output: str | Path) -> None:
     """JSONL for .jsonl paths, else one JSON array."""
     output = Path(output)

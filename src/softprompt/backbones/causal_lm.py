@@ -22,7 +22,8 @@ class CausalLMBackbone(TextBackboneBase):
     log-softmax over every input position.
 
     When the prompt leads every row (it is the same tensor for all of them), its positions
-    are computed once instead of once per row: under the causal mask they attend only to
+    are computed once instead of once per row (once per prompt when rows use a bank's
+    prompts of one length): under the causal mask they attend only to
     each other, so their keys and values are the same in every row. The prompt runs at
     batch 1, its key/value cache is repeated over the batch, and the rest of each row runs
     on top of it. The result is the full forward's, to float rounding, and the gradient
@@ -73,10 +74,12 @@ class CausalLMBackbone(TextBackboneBase):
         mask: torch.Tensor,
         labels: torch.Tensor,
         shared_prefix: int = 0,
+        groups: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-label-token cross-entropy (N,) and the (B, T-1) mask of where they sit.
 
-        `shared_prefix` leading positions are the same in every row (see the class doc).
+        `shared_prefix` leading positions are the same in every row, or within each group
+        of rows when `groups` (B,) numbers them (see the class doc).
         """
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
@@ -95,7 +98,7 @@ class CausalLMBackbone(TextBackboneBase):
                 and 0 < shared_prefix < embeds.shape[1]
                 and embeds.shape[0] > 1
             ):
-                hidden = self._hidden_over_shared_prefix(embeds, shared_prefix)
+                hidden = self._hidden_over_shared_prefix(embeds, shared_prefix, groups)
             else:
                 hidden = self.model.base_model(
                     inputs_embeds=embeds, attention_mask=mask, use_cache=False
@@ -107,17 +110,33 @@ class CausalLMBackbone(TextBackboneBase):
         losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
         return losses, selected
 
-    def _hidden_over_shared_prefix(self, embeds: torch.Tensor, shared: int) -> torch.Tensor:
-        """Last hidden states (B, T, D) of unpadded rows whose first `shared` positions match."""
+    def _hidden_over_shared_prefix(
+        self, embeds: torch.Tensor, shared: int, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Last hidden states (B, T, D) of unpadded rows whose first `shared` positions
+        match across all rows, or within each group of rows (`groups`: (B,) in 0..G-1)."""
         rows = embeds.shape[0]
-        head = self.model.base_model(inputs_embeds=embeds[:1, :shared], use_cache=True)
+        if groups is None:
+            heads = embeds[:1, :shared]
+        else:
+            # The first row of each group stands for the group.
+            first = torch.full((int(groups.max()) + 1,), rows, device=groups.device)
+            first = first.scatter_reduce(
+                0, groups, torch.arange(rows, device=groups.device), "amin"
+            )
+            heads = embeds[first, :shared]
+        head = self.model.base_model(inputs_embeds=heads, use_cache=True)
         cache = head.past_key_values
-        # repeat_interleave copies (and back-propagates into) the batch-1 keys and values.
-        cache.batch_repeat_interleave(rows)
+        # Indexing copies (and back-propagates into) each group's keys and values.
+        if groups is None:
+            cache.batch_repeat_interleave(rows)
+            head_hidden = head.last_hidden_state.expand(rows, -1, -1)
+        else:
+            cache.batch_select_indices(groups)
+            head_hidden = head.last_hidden_state[groups]
         tail = self.model.base_model(
             inputs_embeds=embeds[:, shared:], past_key_values=cache, use_cache=True
         ).last_hidden_state
-        head_hidden = head.last_hidden_state.expand(rows, -1, -1)
         return torch.cat([head_hidden, tail], dim=1)
 
 

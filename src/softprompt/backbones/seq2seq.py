@@ -47,6 +47,7 @@ class Seq2SeqBackbone(TextBackboneBase):
         mask: torch.Tensor,
         labels: torch.Tensor,
         shared_prefix: int = 0,
+        groups: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The encoder attends both ways, so a shared prompt is not computed once here.
         logits = self.model(

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from softprompt.backbones.base import freeze
-from softprompt.tuners.splice import assemble_inputs, shared_prompt_length
+from softprompt.backbones.prompt_cache import PromptKVCache
+from softprompt.tuners.splice import assemble_inputs, prompt_groups
 
 logger = logging.getLogger("softprompt")
 
@@ -80,6 +81,10 @@ class TextBackboneBase:
         self.model = prepare_frozen(model)
         self.tokenizer = tokenizer
         self.name_or_path = name_or_path
+        # Generation starts from a leading prompt's cached keys and values in causal LMs.
+        # Not in seq2seq models: their encoder attends both ways, so the prompt's encoder
+        # states depend on the text behind it.
+        self.prompt_kv = PromptKVCache() if self.labels_in_input else None
 
     @classmethod
     def from_pretrained(
@@ -147,11 +152,12 @@ class TextBackboneBase:
         mask: torch.Tensor,
         labels: torch.Tensor,
         shared_prefix: int = 0,
+        groups: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-label-token cross-entropy (N,) and the boolean mask of where they sit.
 
         `shared_prefix`: leading positions that are the same in every row (a backbone may
-        compute them once)."""
+        compute them once), or within each group of rows when `groups` (B,) is given."""
         raise NotImplementedError
 
     def loss_sum(
@@ -173,8 +179,8 @@ class TextBackboneBase:
             prompt_position: index in `[prefix][text]` where the prompt goes.
         """
         embeds, mask, labels = self._assemble(batch, prompt, prefix, prompt_position, True)
-        shared = shared_prompt_length(prompt, prompt_position)
-        losses, selected = self._token_losses(embeds, mask, labels, shared)
+        shared, groups = prompt_groups(prompt, prompt_position)
+        losses, selected = self._token_losses(embeds, mask, labels, shared, groups)
         return losses.sum(), selected.sum()
 
     def sequence_logprobs(
@@ -186,8 +192,8 @@ class TextBackboneBase:
     ) -> torch.Tensor:
         """Log-probability of each row's label tokens, summed: shape (B,)."""
         embeds, mask, labels = self._assemble(batch, prompt, prefix, prompt_position, True)
-        shared = shared_prompt_length(prompt, prompt_position)
-        losses, selected = self._token_losses(embeds, mask, labels, shared)
+        shared, groups = prompt_groups(prompt, prompt_position)
+        losses, selected = self._token_losses(embeds, mask, labels, shared, groups)
         rows = selected.nonzero()[:, 0]
         out = torch.zeros(selected.shape[0], device=losses.device, dtype=losses.dtype)
         return -out.index_add(0, rows, losses)
@@ -201,9 +207,22 @@ class TextBackboneBase:
         prefix: torch.Tensor | None = None,
         prompt_position: int = 0,
     ) -> torch.Tensor:
-        """Greedy continuation ids (B, new_tokens) of left-padded inputs."""
-        embeds, mask, _ = self._assemble(batch, prompt, prefix, prompt_position, False)
+        """Greedy continuation ids (B, new_tokens) of left-padded inputs.
+
+        A prompt leading every row starts generation from its cached keys and values
+        (see `softprompt.backbones.prompt_cache`); the tokens are the same either way.
+        """
         config = greedy_config(self.model, self.tokenizer, max_new_tokens)
+        reuse = None
+        if self.prompt_kv is not None:
+            dtype = self.model.get_input_embeddings().weight.dtype
+            reuse = self.prompt_kv.plan(self.model, prompt, prompt_position, config, dtype)
+        if reuse is not None:
+            rest, rest_mask, _ = self._assemble(batch, None, prefix, 0, False)
+            ids = self.prompt_kv.generate(self.model, reuse, rest, rest_mask, config)
+            if ids is not None:
+                return ids
+        embeds, mask, _ = self._assemble(batch, prompt, prefix, prompt_position, False)
         return self.model.generate(
             inputs_embeds=embeds, attention_mask=mask, generation_config=config
         )

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "softprompt.commands.baseline",
+    "softprompt.commands.report",
+    "softprompt.commands.sweep",
+    "softprompt.commands.inspect",
+    "softprompt.commands.demo_ui",
+)
 
 
 def add_commands(sub) -> None:

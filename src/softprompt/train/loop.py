@@ -15,6 +15,7 @@ import json
 import logging
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,8 +26,12 @@ from softprompt.backbones.vision_base import move_batch
 from softprompt.config import ConfigError, RunConfig
 from softprompt.data.batching import epoch_batches, position_in_epoch
 from softprompt.evaluate import EvalShard, evaluate
+from softprompt.predict import write_records
 from softprompt.runtime import load_split
+from softprompt.train.banks import evaluate_members, evaluate_tasks
+from softprompt.train.banks import test_examples as tagged_test_examples
 from softprompt.train.checkpoint import prune_checkpoints, rng_state, save_checkpoint
+from softprompt.train.dashboards import show_progress
 from softprompt.train.interrupt import DeferredInterrupt, StopRequested
 from softprompt.train.parallel import global_max, global_sum, micro_batches
 from softprompt.train.run_files import replace_dir_atomically, write_json_atomically
@@ -50,21 +55,26 @@ def train_step(run: Run, step: list[int]) -> tuple[float, int]:
     for idx in micro_batches(step, rank, world, run.training.gradient_accumulation_steps):
         # An empty share still runs (on the step's first example, weight 0): every
         # process must take part in the gradient synchronisation of the last pass.
-        chunk = [run.train_examples[i] for i in (idx or step[:1])]
+        rows = idx or step[:1]
+        chunk = [run.train_examples[i] for i in rows] * run.replicas  # member-major
         batch = run.backbone.collate(chunk, run.settings, with_targets=True)
-        micro.append((move_batch(batch, acc.device), 1.0 if idx else 0.0))
-    own_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b, w in micro if w)
-    step_tokens = int(global_sum(acc, own_tokens))
+        ids = row_prompt_ids(run, rows)
+        ids = ids.to(acc.device) if ids is not None else None
+        micro.append((move_batch(batch, acc.device), 1.0 if idx else 0.0, ids))
+    own_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b, w, _ in micro if w)
+    # An ensemble's members each see every row: each member's gradient is its own loss
+    # over the step's tokens, as if it trained alone.
+    step_tokens = int(global_sum(acc, own_tokens)) // run.replicas
     # DDP averages gradients over processes; scaling by their number makes that average
     # the gradient of (everyone's summed loss) / (the whole step's label tokens), the
     # same update one process would make on the whole step.
     scale = world / max(step_tokens, 1)
     loss_total = 0.0
-    for i, (batch, weight) in enumerate(micro):
+    for i, (batch, weight, ids) in enumerate(micro):
         last = i == len(micro) - 1
         with contextlib.nullcontext() if last else acc.no_sync(run.parts):
             with acc.autocast():
-                loss_sum, _ = run.parts(batch)
+                loss_sum, _ = run.parts(batch, ids)
             acc.backward(loss_sum * (weight * scale))
         loss_total += weight * float(loss_sum.detach())
     if run.training.max_grad_norm is not None:
@@ -73,13 +83,30 @@ def train_step(run: Run, step: list[int]) -> tuple[float, int]:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_total, step_tokens
+    return loss_total / run.replicas, step_tokens
 
 
-def evaluate_split(run: Run, examples: list, predict: bool) -> dict[str, Any]:
-    """The task's metrics of the tuners as they are now, over every process's share."""
+def row_prompt_ids(run: Run, rows: list[int]) -> torch.Tensor | None:
+    """(B,) each training row's prompt in a bank, or None when every row has one prompt."""
+    if run.prompt_ids is not None:
+        return torch.tensor([run.prompt_ids[i] for i in rows], dtype=torch.long)
+    if run.replicas > 1:
+        return torch.arange(run.replicas).repeat_interleave(len(rows))
+    return None
+
+
+def evaluate_split(
+    run: Run, examples: list, predict: bool, predictions: Path | None = None
+) -> dict[str, Any]:
+    """The task's metrics of the tuners as they are now, over every process's share.
+
+    Args:
+        predictions: also write the per-example records here (JSONL, main process).
+    """
     t = run.training
-    return evaluate(
+    if run.task_views is not None or run.replicas > 1:
+        return evaluate_bank_split(run, examples, predict, predictions)
+    metrics, records = evaluate(
         run.backbone,
         run.tuners.prompt_input,
         examples,
@@ -90,7 +117,10 @@ def evaluate_split(run: Run, examples: list, predict: bool) -> dict[str, Any]:
         progress=run.progress and run.main,
         autocast=run.accelerator.autocast,
         shard=EvalShard(run.rank, run.world, gather_object),
-    )[0]
+    )
+    if predictions is not None and run.main:
+        write_records(records, predictions)
+    return metrics
 
 
 def evaluate_run(run: Run, epoch_float: float) -> bool:
@@ -156,7 +186,7 @@ def log_train(run: Run, window: Window, epoch_float: float, bar) -> None:
         "samples_per_second": window.samples / max(elapsed, 1e-9),
     }
     run.log.write(record)
-    bar.set_postfix(loss=f"{record['loss']:.4f}")
+    show_progress(run, record, bar)  # loss, lr, samples/s, ETA (train/dashboards.py)
     logger.debug("train %s", _fmt(record))
     window.loss, window.tokens = 0.0, 0
 
@@ -290,15 +320,55 @@ def finish(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
     config = run.config
     has_test = config.data.test_path or _has_builtin_test(config)
     test_examples = load_split(config, "test") if has_test else []
-    if test_examples:
+    if run.task_views is not None:
+        test_examples = tagged_test_examples(run.task_views)
+    if test_examples or run.val_examples:
         run.tuners.load(read_bundle(run_dir / "best"))
-        metrics = evaluate_split(run, test_examples, predict=True)
+    if run.val_examples:
+        results.update(best_val_predictions(run))
+    if test_examples:
+        metrics = evaluate_split(
+            run, test_examples, predict=True, predictions=run_dir / "predictions.test.jsonl"
+        )
         test_metrics = {f"test_{k}": v for k, v in metrics.items()}
         results.update(test_metrics)
         run.log.write({"event": "test", "step": state.global_step, **test_metrics})
     if run.main:
         write_json_atomically(run_dir / "all_results.json", results)
     return results
+
+
+def evaluate_bank_split(
+    run: Run, examples: list, predict: bool, predictions: Path | None
+) -> dict[str, Any]:
+    """A multi-task run's per-task and mean metrics, or an ensemble's per-member and
+    ensemble metrics (see train/banks.py)."""
+    t = run.training
+    kwargs = {
+        "batch_size": t.eval_batch_size or t.batch_size,
+        "progress": run.progress and run.main,
+        "autocast": run.accelerator.autocast,
+        "shard": EvalShard(run.rank, run.world, gather_object),
+    }
+    if run.task_views is not None:
+        metrics, records = evaluate_tasks(run, examples, predict, **kwargs)
+    else:
+        metrics, records = evaluate_members(run, examples, predict, **kwargs)
+    if predictions is not None and run.main:
+        write_records(records, predictions)
+    return metrics
+
+
+def best_val_predictions(run: Run) -> dict[str, Any]:
+    """`val_*` metrics of best/ with generation, and predictions.val.jsonl beside them.
+
+    Evaluations during training may skip generation (`eval_generate: false`) and score the
+    adapters of their step; this one scores best/, one record per example, so reports
+    can set it row by row beside the zero-shot baseline's `predictions.val.jsonl`.
+    """
+    path = run.run_dir / "predictions.val.jsonl"
+    metrics = evaluate_split(run, run.val_examples, predict=True, predictions=path)
+    return {f"val_{k}": v for k, v in metrics.items()}
 
 
 def peak_memory_mb() -> float:

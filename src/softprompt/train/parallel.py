@@ -104,10 +104,16 @@ class TrainableParts(nn.Module):
         self._backbone = backbone  # plain objects: not registered as submodules
         self._tuners = tuners
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed label-token cross-entropy of the batch and its label-token count."""
+    def forward(
+        self, batch: dict, prompt_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed label-token cross-entropy of the batch and its label-token count.
+
+        Args:
+            prompt_ids: (B,) each row's prompt in a bank; None: one prompt for all rows.
+        """
         rows = batch["input_ids"].shape[0]
-        return self._backbone.loss_sum(batch, self._tuners.prompt_input(rows))
+        return self._backbone.loss_sum(batch, self._tuners.prompt_input(rows, prompt_ids))
 
 
 def micro_batches(

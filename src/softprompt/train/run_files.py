@@ -10,31 +10,48 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import save_file
 
 from softprompt.backbones.base import Backbone
 from softprompt.config import RunConfig
 from softprompt.runtime import task_record, vision_settings
 from softprompt.tasks import VisionTask
+from softprompt.train.dashboards import open_dashboards
+
+# The soft prompt before training (see `save_initial_prompt`).
+INITIAL_PROMPT_FILE = "initial_prompt.safetensors"
 
 
 class MetricsLog:
     """Appends one JSON object per event to run_dir/metrics.jsonl.
 
     A run killed while writing can leave a partial last line; it is cut off when the
-    log is opened again (on resume), so every line of the file stays valid JSON.
+    log is opened again (on resume), so every line of the file stays valid JSON. The
+    dashboards `report_to` names (see train/dashboards.py) receive the same records.
     """
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, report_to: list[str] | None = None) -> None:
         self.path, self.enabled = path, enabled
+        self.report_to = list(report_to or []) if enabled else []
+        self.dashboards: list = []
+        # Closes the dashboards when the log is dropped, also if nobody calls close().
+        self._finalizer = weakref.finalize(self, _close_all, self.dashboards)
         if enabled:
             drop_partial_last_line(path)
+            self.dashboards.extend(open_dashboards(self.report_to, path.parent))
 
     def forget_after(self, step: int) -> None:
         """Drop records of steps after `step`: a run resumed from that step's checkpoint
         logs them again, so each step keeps one record."""
+        if step > 0 and self.dashboards:
+            _close_all(self.dashboards)  # reopened so that they hide the later steps too
+            self.dashboards[:] = open_dashboards(self.report_to, self.path.parent, step + 1)
         if not self.enabled or not self.path.is_file():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -46,6 +63,18 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+            for dashboard in self.dashboards:
+                dashboard.write(record)
+
+    def close(self) -> None:
+        """Close the dashboards' files (metrics.jsonl is closed after every write)."""
+        self._finalizer()
+
+
+def _close_all(dashboards: list) -> None:
+    for dashboard in dashboards:
+        dashboard.close()
+    dashboards.clear()
 
 
 def drop_partial_last_line(path: Path) -> None:
@@ -83,6 +112,54 @@ def save_context(config: RunConfig, backbone: Backbone, fp: dict, task_info: dic
         "task": task_info,
         "placement": pt.placement if task_info.get("vision") else "prepend",
     }
+
+
+def save_initial_prompt(
+    run_dir: Path, tuners, context: dict[str, Any], keep_existing: bool = False
+) -> Path | None:
+    """The soft prompt as initialised, before any step, as RUN_DIR/initial_prompt.safetensors.
+
+    `softprompt inspect` measures how far each virtual token moved from it. Tensors are
+    the vectors the backbone sees (through a reparameterisation's encoder): key
+    `prompt_embeddings`, or `prompt_embeddings.<name>` per prompt of a bank. A resumed
+    run keeps the file of its first start (`keep_existing`). Metadata names the base
+    model and its embedding fingerprint, so a prompt is only compared with its own start.
+
+    Returns:
+        The file written or kept, or None when the run has no soft prompt.
+    """
+    tensors = initial_prompt_tensors(tuners.prompt)
+    if not tensors:
+        return None
+    path = run_dir / INITIAL_PROMPT_FILE
+    if keep_existing and path.is_file():
+        return path
+    metadata = {
+        "format": "pt",
+        "base_model": str(context.get("base_model")),
+        "embedding_fingerprint": str(context.get("fingerprint", {}).get("embedding")),
+    }
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+@torch.no_grad()
+def initial_prompt_tensors(prompt) -> dict[str, torch.Tensor]:
+    """{key: (P, D) float32 CPU vectors} of a prompt tuner or a prompt bank ({} for none)."""
+    if prompt is None:
+        return {}
+    members = getattr(prompt, "members", None)
+    named = members.items() if isinstance(members, dict) else [(None, prompt)]
+    tensors = {}
+    for name, tuner in named:
+        read = getattr(tuner, "vectors", None)
+        vectors = read() if read is not None else getattr(tuner, "weight", None)
+        if vectors is not None:
+            key = "prompt_embeddings" if name is None else f"prompt_embeddings.{name}"
+            tensors[key] = vectors.detach().float().cpu().contiguous()
+    return tensors
 
 
 def replace_dir_atomically(target: Path, write) -> None:

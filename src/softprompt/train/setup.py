@@ -27,10 +27,17 @@ from softprompt.runtime import (
     load_split_with_info,
 )
 from softprompt.tasks import Task, VisionTask, task_from_config
+from softprompt.train.banks import bank_records, load_multitask_data
 from softprompt.train.checkpoint import TrainState, find_latest_checkpoint, load_checkpoint
 from softprompt.train.parallel import TrainableParts, make_accelerator
-from softprompt.train.run_files import MetricsLog, prompt_task_record, save_context
+from softprompt.train.run_files import (
+    MetricsLog,
+    prompt_task_record,
+    save_context,
+    save_initial_prompt,
+)
 from softprompt.tuners.bundle import read_bundle
+from softprompt.tuners.prompt_tuning.bank import PromptBank
 from softprompt.tuners.prompt_tuning.io import fingerprint
 from softprompt.tuners.tuner_set import TunerSet
 
@@ -74,6 +81,11 @@ class Run:
     progress: bool
     skipped: Any = None
     interrupt: Any = None  # the DeferredInterrupt installed while the loop runs
+    # Several prompts (train/banks.py): a multi-task run's tasks and each training
+    # example's prompt id; an ensemble's member count (each row runs once per member).
+    task_views: list | None = None
+    prompt_ids: list[int] | None = None
+    replicas: int = 1
 
     @property
     def training(self) -> TrainingConfig:
@@ -119,8 +131,8 @@ def build_tuners(config: RunConfig, backbone) -> TunerSet:
     tuners = TunerSet.from_config(config, backbone)
     if not tuners.trainable():
         raise ConfigError(
-            "nothing to train: enable method.prompt_tuning, method.lora (with trainable: true) "
-            "or method.full"
+            "nothing to train: enable method.prompt_tuning, method.prefix_tuning, method.lora "
+            "(with trainable: true) or method.full"
         )
     tuners.log_counts()
     return tuners
@@ -149,10 +161,24 @@ def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
     if not config.method.lora.quantization_bit:  # bitsandbytes places quantized weights itself
         backbone.model.to(accelerator.device)
     fp = fingerprint(backbone.word_embeddings(), backbone.tokenizer)  # before any training
-    task, train_examples, val_examples, lengths, skipped = load_training_data(config, backbone)
+    multi = load_multitask_data(config, backbone) if config.tasks else None
+    if multi is not None:
+        task, train_examples, lengths = multi.views[0].task, multi.train_examples, multi.lengths
+        val_examples, skipped = multi.val_examples, multi.skipped
+    else:
+        task, train_examples, val_examples, lengths, skipped = load_training_data(config, backbone)
     vision_task = task if isinstance(task, VisionTask) else None
     context = save_context(config, backbone, fp, prompt_task_record(config, backbone, vision_task))
     tuners = build_tuners(config, backbone)
+    if isinstance(tuners.prompt, PromptBank):
+        bank = tuners.prompt
+        bank.records = (
+            bank_records(multi.views, backbone)
+            if multi
+            else dict.fromkeys(bank.names, context["task"])
+        )
+    if accelerator.is_main_process:  # kept from the first start: `softprompt inspect` drift
+        save_initial_prompt(run_dir, tuners, context, keep_existing=bool(resume))
     backbone.model.train()
     if t.gradient_checkpointing:
         backbone.model.gradient_checkpointing_enable(
@@ -180,9 +206,13 @@ def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
     run = Run(
         config, accelerator, run_dir, backbone, tuners, parts, optimizer, scheduler, task,
         encode_settings(config), train_examples, val_examples, lengths, TrainState(),
-        MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process), context,
+        MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, t.report_to), context,
         examples_per_step, total_steps, greater, progress, skipped,
     )  # fmt: skip
+    if multi is not None:
+        run.task_views, run.prompt_ids = multi.views, multi.prompt_ids
+    elif isinstance(tuners.prompt, PromptBank):
+        run.replicas = len(tuners.prompt.members)
     if resume:
         restore(run, resume)
     run.state.examples_per_step = examples_per_step

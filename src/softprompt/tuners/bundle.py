@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from softprompt.tuners.prompt_tuning.bank import is_bank, read_bank_extras, read_bank_meta
 from softprompt.tuners.prompt_tuning.io import (
     META_FILE,
     LoadedPrompt,
@@ -118,7 +119,8 @@ def write_bundle(
 
 
 def _entry(path: str, tuner) -> dict[str, Any]:
-    return {"path": path, "method": tuner.name, "enabled": bool(tuner.enabled)}
+    method = getattr(tuner, "saved_method", tuner.name)  # a prompt bank saves as one
+    return {"path": path, "method": method, "enabled": bool(tuner.enabled)}
 
 
 def is_bundle(directory: Path) -> bool:
@@ -139,6 +141,14 @@ def read_bundle(directory: str | Path) -> Bundle:
         PromptLoadError: missing, damaged or tampered-with files.
     """
     directory = Path(directory)
+    if is_bank(directory):
+        meta = read_bank_meta(directory)
+        adapters = {"prompt": Adapter(directory, "prompt_bank")}
+        return Bundle(directory, meta, adapters, read_bank_extras(directory))
+    peft_prefix = _peft_prefix_base(directory)
+    if peft_prefix is not None:  # a prefix PEFT saved: one adapter, no metadata of ours
+        adapters = {"prefix": Adapter(directory, "prefix_tuning")}
+        return Bundle(directory, {"base_model": peft_prefix}, adapters)
     if not is_bundle(directory):
         loaded = load_prompt(directory)
         adapters = {"prompt": Adapter(directory, "prompt_tuning")}
@@ -156,8 +166,12 @@ def read_bundle(directory: str | Path) -> Bundle:
             directory / name, str(entry.get("method")), bool(entry.get("enabled", True))
         )
     extras: dict[str, torch.Tensor] = {}
-    prompt = load_prompt(adapters["prompt"].path) if "prompt" in adapters else None
-    if prompt is not None:
+    prompt_adapter = adapters.get("prompt")
+    bank = prompt_adapter is not None and prompt_adapter.method == "prompt_bank"
+    prompt = load_prompt(prompt_adapter.path) if prompt_adapter and not bank else None
+    if bank:
+        extras = read_bank_extras(prompt_adapter.path)
+    elif prompt is not None:
         extras = prompt.extra
     elif (directory / MODULES_FILE).is_file():
         try:
@@ -165,6 +179,19 @@ def read_bundle(directory: str | Path) -> Bundle:
         except SafetensorError as err:
             raise PromptLoadError(f"{directory / MODULES_FILE}: unreadable ({err})") from None
     return Bundle(directory, meta, adapters, extras, prompt)
+
+
+def _peft_prefix_base(directory: Path) -> str | None:
+    """The base model a PEFT PREFIX_TUNING directory names, or None for anything else."""
+    if (directory / META_FILE).is_file() or not (directory / "adapter_config.json").is_file():
+        return None
+    try:
+        raw = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or raw.get("peft_type") != "PREFIX_TUNING":
+        return None
+    return str(raw.get("base_model_name_or_path") or "") or None
 
 
 def _verify(directory: Path, meta: dict[str, Any]) -> None:

@@ -83,7 +83,9 @@ def assemble_inputs(
         Without labels (generation), padding is moved to the front of each row, so every
         row ends with a real token for generation to continue from: a left-padded text
         behind a prefix/prompt would otherwise leave its pads in the middle, or at the
-        end when the text is empty.
+        end when the text is empty. With labels, the padding of prompts shorter than
+        their batch's longest is moved to the end of each row, so every row's real
+        positions are numbered exactly as when the row runs with its prompt alone.
     """
     if prefix is not None:
         b, n = prefix.shape[0], prefix.shape[1]
@@ -96,7 +98,23 @@ def assemble_inputs(
     )
     if labels is None:
         embeds, mask = left_align_padding(embeds, mask)
+    elif prompt is not None and not bool(as_prompt_input(prompt).mask.all()):
+        embeds, mask, labels = right_align_padding(embeds, mask, labels)
     return embeds, mask, labels
+
+
+def right_align_padding(
+    embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move masked positions to the end of each row, keeping real positions in order.
+
+    Prompt padding in the middle of a row would shift the positions of the text behind
+    it; at the end it is invisible (causal attention never looks forward, and padding is
+    masked for bidirectional encoders). Labels move with their positions.
+    """
+    order = torch.sort((mask == 0).long(), dim=1, stable=True).indices
+    embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    return embeds, torch.gather(mask, 1, order), torch.gather(labels, 1, order)
 
 
 def left_align_padding(
@@ -119,3 +137,28 @@ def shared_prompt_length(prompt: PromptInput | torch.Tensor | None, prompt_posit
     if prompt is None or prompt_position != 0 or not prompt.is_single:
         return 0
     return prompt.length
+
+
+def prompt_groups(
+    prompt: PromptInput | torch.Tensor | None, prompt_position: int
+) -> tuple[int, torch.Tensor | None]:
+    """Leading positions shared within groups of rows, and each row's group.
+
+    Rows that use the same fully real prompt in front of everything share its positions
+    (under a causal mask they attend only to each other), so a backbone may compute each
+    group's prompt once. Returns (prompt length, None) when every row is one group,
+    (prompt length, (B,) group index 0..G-1) when a bank's prompts of one length lead the
+    rows, and (0, None) when nothing is shared (prompts of different lengths, a prompt
+    after the image, a different prompt in every row, no prompt).
+    """
+    shared = shared_prompt_length(prompt, prompt_position)
+    if shared:
+        return shared, None
+    prompt = as_prompt_input(prompt)
+    if prompt is None or prompt_position != 0 or not bool(prompt.mask.all()):
+        return 0, None
+    # Groups are distinct prompt ids, numbered by first appearance.
+    distinct, groups = torch.unique(prompt.ids, return_inverse=True)
+    if distinct.numel() == prompt.batch_size:
+        return 0, None  # a prompt per row: nothing to share
+    return prompt.length, groups

@@ -18,15 +18,24 @@ logger = logging.getLogger("softprompt")
 
 # Build order; also the optimizer's group order, which checkpoints of prompt-only runs
 # (prompt first, then the backbone's extras) rely on.
-TUNER_ORDER = ("prompt_tuning", "projection", "qformer_prompt", "lora", "full")
+TUNER_ORDER = ("prompt_tuning", "projection", "qformer_prompt", "lora", "full", "prefix_tuning")
 TUNER_MODULES = (
     "softprompt.tuners.prompt_tuning.tuner",
+    "softprompt.tuners.prompt_tuning.bank",
     "softprompt.tuners.modules",
     "softprompt.tuners.lora.tuner",
     "softprompt.tuners.full.tuner",
+    "softprompt.tuners.prefix_tuning.tuner",
 )
 # Adapter names users switch on and off (CLI flags, config), and the methods behind them.
-ADAPTER_ALIASES = {"prompt": "prompt", "prompt_tuning": "prompt", "lora": "lora", "full": "full"}
+ADAPTER_ALIASES = {
+    "prompt": "prompt",
+    "prompt_tuning": "prompt",
+    "lora": "lora",
+    "full": "full",
+    "prefix": "prefix",
+    "prefix_tuning": "prefix",
+}
 
 
 def register_tuners() -> None:
@@ -76,12 +85,21 @@ class TunerSet:
             for t in self.trainable()
         ]
 
-    def prompt_input(self, batch_size: int) -> PromptInput | None:
-        """The batch's soft prompts, or None when there is no prompt or it is off."""
+    def prompt_input(
+        self, batch_size: int, ids: torch.Tensor | None = None
+    ) -> PromptInput | None:
+        """The batch's soft prompts, or None when there is no prompt or it is off.
+
+        Args:
+            ids: (B,) each row's prompt in a bank (None: the bank's active prompt, or
+                the one prompt).
+        """
         prompt = self.prompt
         if prompt is None or not prompt.enabled:
             return None
-        return prompt.prompt_input(batch_size)
+        if ids is None:
+            return prompt.prompt_input(batch_size)
+        return prompt.prompt_input(batch_size, ids=ids)
 
     def set_enabled(self, adapter: str, enabled: bool) -> None:
         """Hot switch: an adapter acts on outputs or not; nothing is reloaded.

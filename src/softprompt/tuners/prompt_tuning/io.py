@@ -6,6 +6,11 @@ ours and we load PEFT's. `softprompt.json` beside them records what PEFT has no 
 for: the backbone family, placement, the task the prompt was trained for, and a
 fingerprint of the base model's embedding matrix and tokenizer, so a prompt loaded onto
 the wrong base model fails loudly instead of producing garbage.
+
+A reparameterised prompt (see reparam.py) is saved merged: `prompt_embeddings` is the
+encoder's output, so everything above loads it as a plain prompt. Its unmerged state (raw
+embeddings and encoder weights), which only resuming a run needs, goes beside it in
+`prompt_encoder.safetensors`, checksummed in `softprompt.json` like the other files.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from safetensors.torch import load_file, save_file
 META_FILE = "softprompt.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+ENCODER_FILE = "prompt_encoder.safetensors"
 FORMAT_VERSION = 1
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
 
@@ -42,6 +48,8 @@ class LoadedPrompt:
         meta: our metadata, or {} for a prompt PEFT saved.
         peft_config: the adapter_config.json contents.
         extra: other tensors saved beside the prompt (trainable projections, ...).
+        encoder_state: a reparameterised prompt's unmerged state (`SoftPrompt.state_dict()`:
+            raw embeddings and encoder weights), or None for a plain prompt.
     """
 
     weight: torch.Tensor
@@ -49,6 +57,7 @@ class LoadedPrompt:
     peft_config: dict[str, Any]
     directory: Path
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoder_state: dict[str, torch.Tensor] | None = None
 
     @property
     def base_model(self) -> str | None:
@@ -97,6 +106,8 @@ def save_prompt(
     placement: str = "prepend",
     task: dict[str, Any] | None = None,
     extra: dict[str, torch.Tensor] | None = None,
+    encoder_state: dict[str, torch.Tensor] | None = None,
+    reparameterize: str = "none",
 ) -> Path:
     """Write a prompt directory.
 
@@ -108,6 +119,9 @@ def save_prompt(
         task: what the prompt was trained for (type, template, lengths, labels ...), so
             `predict --prompt DIR` needs nothing else.
         extra: additional trainable tensors (prefixed names) stored in the same file.
+        encoder_state: a reparameterised prompt's unmerged state, written to
+            `ENCODER_FILE` (then `weight` is the encoder's merged output).
+        reparameterize: the encoder kind (recorded in the metadata).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -127,6 +141,17 @@ def save_prompt(
         base_model_name_or_path=base_model,
     )
     peft_config.save_pretrained(str(directory))
+    files = [WEIGHTS_FILE, CONFIG_FILE]
+    encoder_path = directory / ENCODER_FILE
+    if encoder_state:
+        state = {k: v.detach().float().cpu().contiguous() for k, v in encoder_state.items()}
+        # One metadata key: safetensors writes several in no fixed order, and checkpoints
+        # of the same run must be byte-identical (the kind is in softprompt.json).
+        save_file(state, str(encoder_path), metadata={"format": "pt"})
+        files.append(ENCODER_FILE)
+    else:
+        # A directory saved into again must not keep a stale encoder beside a new prompt.
+        encoder_path.unlink(missing_ok=True)
     meta = {
         "format": "softprompt-prompt",
         "format_version": FORMAT_VERSION,
@@ -137,8 +162,10 @@ def save_prompt(
         "base_model": base_model,
         "fingerprint": fingerprint_info,
         "task": task or {},
-        "files": {name: sha256_file(directory / name) for name in (WEIGHTS_FILE, CONFIG_FILE)},
+        "files": {name: sha256_file(directory / name) for name in files},
     }
+    if encoder_state:
+        meta["reparameterize"] = reparameterize
     (directory / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
 
@@ -197,7 +224,23 @@ def load_prompt(directory: str | Path) -> LoadedPrompt:
         )
     # PEFT stores encoder and decoder prompts stacked for seq2seq; the encoder one is first.
     weight = full[:declared].float().clone()
-    return LoadedPrompt(weight, meta, peft_config, directory, extra=tensors)
+    encoder_state = _read_encoder_state(directory, meta)
+    return LoadedPrompt(weight, meta, peft_config, directory, tensors, encoder_state)
+
+
+def _read_encoder_state(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The unmerged state of a reparameterised prompt, when its metadata lists one.
+
+    Only a file `softprompt.json` checksums is read (it was verified above); one that
+    appeared in the folder later is not ours and is left alone.
+    """
+    files = meta.get("files")
+    if not isinstance(files, dict) or ENCODER_FILE not in files:
+        return None
+    try:
+        return load_file(str(directory / ENCODER_FILE))
+    except SafetensorError as err:
+        raise PromptLoadError(f"{directory / ENCODER_FILE}: unreadable ({err})") from None
 
 
 def _verify_checksums(directory: Path, meta: dict[str, Any]) -> None:

@@ -10,8 +10,14 @@ from torch import nn
 
 from softprompt.tuners.base import SAVED_TUNERS, TUNERS, PromptInput
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
-from softprompt.tuners.prompt_tuning.io import check_compatible, load_prompt, save_prompt
+from softprompt.tuners.prompt_tuning.io import (
+    ENCODER_FILE,
+    check_compatible,
+    load_prompt,
+    save_prompt,
+)
 from softprompt.tuners.prompt_tuning.model import SoftPrompt
+from softprompt.tuners.prompt_tuning.reparam import build_encoder
 
 
 class PromptTuner:
@@ -20,6 +26,10 @@ class PromptTuner:
     Saved as PEFT's PROMPT_TUNING adapter (see io.py); the backbone's small trainable
     extras (a composed model's projection, an InstructBLIP Q-Former prompt) ride in the
     same weights file, as prompt directories always held them.
+
+    A reparameterised prompt (`reparameterize` mlp / lstm / residual) trains its raw
+    embeddings and encoder together; it is saved merged (the encoder's output as plain
+    prompt vectors) with the unmerged state beside it, which `load` restores for resume.
     """
 
     name = "prompt_tuning"
@@ -38,8 +48,10 @@ class PromptTuner:
     def for_backbone(
         cls, config: PromptTuningConfig, backbone, learning_rate: float, seed: int
     ) -> PromptTuner:
-        """A prompt initialised from the backbone's embedding matrix (see `SoftPrompt`)."""
-        prompt = SoftPrompt(config.num_virtual_tokens, backbone.hidden_size)
+        """A prompt initialised from the backbone's embedding matrix (see `SoftPrompt`),
+        behind the encoder `config.reparameterize` asks for."""
+        encoder = build_encoder(config, backbone.hidden_size, seed)
+        prompt = SoftPrompt(config.num_virtual_tokens, backbone.hidden_size, encoder)
         prompt.initialize(
             config,
             backbone.word_embeddings(),
@@ -63,10 +75,20 @@ class PromptTuner:
 
     @property
     def weight(self) -> torch.Tensor:
-        """(P, D) the prompt vectors."""
+        """(P, D) the embedding parameter: the prompt itself unless reparameterised (the
+        encoder's input then; `vectors()` is the prompt)."""
         return self.prompt.embedding.weight
 
+    def vectors(self, module: SoftPrompt | None = None) -> torch.Tensor:
+        """(P, D) the prompt the backbone sees, through the encoder when there is one.
+
+        Args:
+            module: the (DDP-wrapped) copy to read it through; this tuner's by default.
+        """
+        return (module or self.prompt).vectors()
+
     def modules(self) -> dict[str, nn.Module]:
+        """The SoftPrompt, encoder included: everything that trains."""
         return {"prompt": self.prompt}
 
     def set_enabled(self, enabled: bool) -> None:
@@ -74,14 +96,15 @@ class PromptTuner:
 
     def prompt_input(self, batch_size: int, module: SoftPrompt | None = None) -> PromptInput:
         """The prompt for a batch; `module` is the (DDP-wrapped) copy to read it through."""
-        weight = (module or self.prompt).embedding.weight
-        return PromptInput.single(weight, batch_size)
+        return PromptInput.single(self.vectors(module), batch_size)
 
     def save(self, directory: Path, context: dict[str, Any]) -> None:
-        """PEFT's prompt format plus softprompt.json (see `save_prompt`)."""
+        """PEFT's prompt format plus softprompt.json (see `save_prompt`); merged, with
+        the encoder's unmerged state beside it when reparameterised."""
+        reparameterized = self.prompt.encoder is not None
         save_prompt(
             directory,
-            self.weight,
+            self.prompt.merged(),
             family=context["family"],
             base_model=context["base_model"],
             fingerprint_info=context["fingerprint"],
@@ -90,17 +113,47 @@ class PromptTuner:
             placement=context.get("placement", "prepend"),
             task=context.get("task"),
             extra=context.get("extra"),
+            encoder_state=self.prompt.state_dict() if reparameterized else None,
+            reparameterize=self.config.reparameterize if reparameterized else "none",
         )
 
     def load(self, directory: Path) -> None:
+        """Load a saved prompt: its unmerged state into a reparameterised prompt (exact
+        resume), its merged vectors into a plain one.
+
+        Raises:
+            ValueError: the shapes differ, or this prompt has an encoder and the directory
+                holds none (or another kind).
+        """
         loaded = load_prompt(directory)
         if tuple(loaded.weight.shape) != tuple(self.weight.shape):
             raise ValueError(
                 f"{directory}: prompt of shape {tuple(loaded.weight.shape)}, this run's is "
                 f"{tuple(self.weight.shape)} (method.prompt_tuning.num_virtual_tokens?)"
             )
+        if self.prompt.encoder is not None:
+            self._load_unmerged(directory, loaded.encoder_state)
+            return
         with torch.no_grad():
             self.weight.copy_(loaded.weight.to(self.weight.device, self.weight.dtype))
+
+    def _load_unmerged(self, directory: Path, state: dict[str, torch.Tensor] | None) -> None:
+        kind = self.config.reparameterize
+        if state is None:
+            raise ValueError(
+                f"{directory} holds a plain prompt (no {ENCODER_FILE}); this run trains it "
+                f"through an encoder (method.prompt_tuning.reparameterize={kind}), which "
+                "cannot be recovered from merged vectors: use reparameterize=none with it"
+            )
+        try:
+            self.prompt.load_state_dict(state)
+        except RuntimeError as err:
+            detail = " ".join(line.strip() for line in str(err).splitlines()[1:])[:400]
+            raise ValueError(
+                f"{directory / ENCODER_FILE} does not fit this run's encoder "
+                f"(method.prompt_tuning.reparameterize={kind}, reparameterize_hidden_size="
+                f"{self.config.reparameterize_hidden_size}): {detail}"
+            ) from None
 
 
 @TUNERS.register("prompt_tuning")
@@ -109,6 +162,10 @@ def build_prompt_tuner(config, backbone) -> PromptTuner | None:
     pt = config.method.prompt_tuning
     if not pt.enabled:
         return None
+    if config.tasks or pt.ensemble > 1:
+        from softprompt.tuners.prompt_tuning.bank import build_bank
+
+        return build_bank(config, backbone)
     return PromptTuner.for_backbone(
         pt, backbone, config.training.learning_rate, config.training.seed
     )

@@ -1,0 +1,177 @@
+"""Runs that train several prompts at once: a multi-task bank or a prompt ensemble.
+
+Multi-task: every task's data is read with its own config (data, task, template), the
+training set mixes them (`task_sampling`), each training row carries its task's prompt
+id, and evaluation scores each task with its own prompt and task, reporting
+`eval_<task>_<metric>` and the mean over tasks as `eval_<metric>`.
+
+Ensemble: the training set is the task's own; every batch is run once per member (the
+data is read and collated once), and evaluation reports each member
+(`eval_member<k>_<metric>`) and the ensemble (`eval_<metric>`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from softprompt.config import ConfigError, RunConfig
+from softprompt.ensemble import evaluate_ensemble
+from softprompt.evaluate import evaluate
+from softprompt.multitask import TaskSpec, mix_indices, task_specs
+from softprompt.runtime import load_split, load_split_with_info
+from softprompt.tasks import Task, VisionTask, task_from_config
+from softprompt.train.run_files import prompt_task_record
+
+logger = logging.getLogger("softprompt")
+
+
+@dataclass
+class TaskView:
+    """One task of a multi-task run, as the loop uses it."""
+
+    spec: TaskSpec
+    task: Task
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
+
+@dataclass
+class MultiTaskData:
+    """The mixed training set and each task's validation examples."""
+
+    views: list[TaskView]
+    train_examples: list
+    prompt_ids: list[int]
+    lengths: list[int]
+    val_examples: list[tuple[int, Any]]  # (task index, raw example)
+    skipped: Any = None
+
+
+def load_multitask_data(config: RunConfig, backbone) -> MultiTaskData:
+    """Every task's data, prepared by its own task, mixed for training.
+
+    Raises:
+        ConfigError: a task without training examples (named).
+    """
+    views, parts, vals, skipped = [], [], [], None
+    for spec in task_specs(config):
+        raw, info = load_split_with_info(spec.config, "train")
+        if not raw:
+            raise ConfigError(f"tasks: {spec.name!r} has no training examples")
+        task = task_from_config(spec.config, info.get("classes"))
+        views.append(TaskView(spec, task))
+        parts.append(task.prepare(raw))
+        vals.extend((spec.index, e) for e in load_split(spec.config, "val"))
+        skipped = skipped or info.get("skipped")
+    sizes = [len(p) for p in parts]
+    flat = [(view.index, e) for view, part in zip(views, parts, strict=True) for e in part]
+    flat_lengths = [
+        n
+        for view, part in zip(views, parts, strict=True)
+        for n in view.task.lengths(part, backbone.tokenizer)
+    ]
+    s = config.task_sampling
+    order = mix_indices(sizes, s.strategy, s.temperature, config.training.seed)
+    examples = [flat[i][1] for i in order]
+    logger.info(
+        "Tasks: %s; %d mixed training examples per epoch (%s)",
+        ", ".join(f"{v.name} ({n} train)" for v, n in zip(views, sizes, strict=True)),
+        len(examples),
+        s.strategy if s.strategy == "proportional" else f"temperature {s.temperature:g}",
+    )
+    return MultiTaskData(
+        views,
+        examples,
+        [flat[i][0] for i in order],
+        [flat_lengths[i] for i in order],
+        vals,
+        skipped,
+    )
+
+
+def bank_records(views: list[TaskView], backbone) -> dict[str, dict[str, Any]]:
+    """What each task's prompt records about its task (template, classes, ...)."""
+    return {
+        v.name: prompt_task_record(
+            v.spec.config, backbone, v.task if isinstance(v.task, VisionTask) else None
+        )
+        for v in views
+    }
+
+
+def test_examples(views: list[TaskView]) -> list[tuple[int, Any]]:
+    """Every task's test split, tagged with its task index."""
+    out = []
+    for view in views:
+        config = view.spec.config
+        d = config.data
+        if d.test_path or (d.train_path and d.train_path.startswith("builtin:")):
+            out.extend((view.index, e) for e in load_split(config, "test"))
+    return out
+
+
+def mean_over(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per-part metrics flattened (`<part>_<metric>`) plus the mean of each numeric
+    metric every part has (`num_samples`: the sum)."""
+    out: dict[str, Any] = {}
+    for name, metrics in parts.items():
+        out.update({f"{name}_{k}": v for k, v in metrics.items()})
+    common = set.intersection(*(set(m) for m in parts.values())) if parts else set()
+    for key in sorted(common):
+        values = [m[key] for m in parts.values()]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            continue
+        if key == "num_samples":
+            out[key] = sum(values)
+        else:
+            finite = [v for v in values if not math.isnan(v)]
+            out[key] = sum(finite) / len(finite) if finite else math.nan
+    return out
+
+
+def evaluate_tasks(run, tagged: list[tuple[int, Any]], predict: bool, **kwargs: Any):
+    """Each task scored with its own prompt: (flattened + mean metrics, records)."""
+    parts, records = {}, []
+    for view in run.task_views:
+        examples = [e for i, e in tagged if i == view.index]
+        if not examples:
+            continue
+
+        def prompts(n: int, index: int = view.index):
+            return run.tuners.prompt_input(n, ids=torch.full((n,), index, dtype=torch.long))
+
+        metrics, own = evaluate(
+            run.backbone, prompts, examples, view.task, run.settings, predict=predict, **kwargs
+        )
+        parts[view.name] = metrics
+        records.extend({"task": view.name, **r} for r in own)
+    return mean_over(parts), records
+
+
+def evaluate_members(run, examples: list, predict: bool, **kwargs: Any):
+    """Each ensemble member and the ensemble: (metrics, ensemble records)."""
+    bank = run.tuners.prompt
+    sources = []
+    for k in range(len(bank.members)):
+
+        def prompts(n: int, index: int = k):
+            return run.tuners.prompt_input(n, ids=torch.full((n,), index, dtype=torch.long))
+
+        sources.append(prompts)
+    metrics, records, members = evaluate_ensemble(
+        run.backbone, sources, examples, run.task, run.settings, predict=predict, **kwargs
+    )
+    for name, member in zip(bank.names, members, strict=True):
+        metrics.update({f"{name}_{k}": v for k, v in member.items()})
+    return metrics, records

@@ -1,0 +1,218 @@
+"""Multi-task runs (`tasks:`, one prompt each) and prompt ensembles, end to end through
+the CLI on a tiny model; the sampling and ensemble arithmetic."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+import yaml
+from conftest import toy_task, write_jsonl
+
+from softprompt.cli import main
+from softprompt.config import ConfigError, load_config
+from softprompt.ensemble import mean_probabilities
+from softprompt.multitask import mix_indices
+from softprompt.tuners.bundle import read_bundle
+from softprompt.tuners.prompt_tuning.io import load_prompt
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def count_task(n: int, seed: int) -> list[dict[str, str]]:
+    """A second task: say how many words the input has."""
+    rng = random.Random(seed)
+    names = ["one", "two", "three"]
+    rows = []
+    for i in range(n):
+        k = rng.randint(1, 3)
+        words = " ".join(rng.choice(["cat", "dog", "tree"]) for _ in range(k))
+        rows.append({"id": f"c{i}", "input": words, "target": names[k - 1]})
+    return rows
+
+
+def multitask_config(tmp_path, model_dir, **extra):
+    data = tmp_path / "data"
+    colour = {
+        "train_path": str(write_jsonl(data / "colour_train.jsonl", toy_task(24, seed=1))),
+        "val_test_path": str(write_jsonl(data / "colour_val.jsonl", toy_task(6, seed=2))),
+    }
+    count = {
+        "train_path": str(write_jsonl(data / "count_train.jsonl", count_task(12, seed=3))),
+        "val_test_path": str(write_jsonl(data / "count_val.jsonl", count_task(6, seed=4))),
+        "test_path": str(write_jsonl(data / "count_test.jsonl", count_task(4, seed=5))),
+    }
+    raw = {
+        "model": {"name_or_path": str(model_dir)},
+        "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
+        "tasks": [
+            {"name": "colour", "num_virtual_tokens": 3, "data": colour},
+            {"name": "count", "num_virtual_tokens": 5, "data": count},
+        ],
+        "task": {"max_new_tokens": 2},
+        "training": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 3,
+            "batch_size": 6,
+            "learning_rate": 0.1,
+            "eval_steps": 3,
+        },
+        **extra,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(raw))
+    return path
+
+
+def test_multitask_run_trains_every_prompt_and_reports_each_task(tiny_models, tmp_path, capsys):
+    config = multitask_config(tmp_path, tiny_models["llama"])
+    assert main(["train", str(config), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    results = json.loads((run / "all_results.json").read_text())
+    evaluation = results["evaluations"][-1]
+    for key in ("eval_colour_exact_match", "eval_count_exact_match", "eval_exact_match"):
+        assert key in evaluation, sorted(evaluation)
+    mean = (evaluation["eval_colour_loss"] + evaluation["eval_count_loss"]) / 2
+    assert evaluation["eval_loss"] == pytest.approx(mean)
+    assert "test_count_exact_match" in results and "test_colour_loss" not in results
+    bundle = read_bundle(run / "best")
+    assert bundle.adapters["prompt"].method == "prompt_bank"
+    initial = {}
+    from safetensors.torch import load_file
+
+    for key, value in load_file(str(run / "initial_prompt.safetensors")).items():
+        initial[key.rsplit(".", 1)[-1]] = value
+    for name, length in (("colour", 3), ("count", 5)):
+        trained = load_prompt(run / "best" / name).weight
+        assert trained.shape[0] == length
+        assert not torch.allclose(trained, initial[name]), f"{name} did not train"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_count_loss" in line for line in lines)
+
+    capsys.readouterr()
+    assert main(["predict", "--prompt", str(run / "best"), "--task", "count",
+                 "--text", "cat dog"]) == 0  # fmt: skip
+    assert "prediction" in json.loads(capsys.readouterr().out.splitlines()[0])
+    assert main(["predict", "--prompt", str(run / "best"), "--text", "cat"]) == 2
+    assert "colour, count" in capsys.readouterr().err
+    inputs = write_jsonl(tmp_path / "in.jsonl", [
+        {"input": "red cat", "task": "colour"},
+        {"input": "dog", "task": "count"},
+        {"input": "blue", "task": "colour"},
+    ])  # fmt: skip
+    assert main(["predict", "--prompt", str(run / "best"), "--input", str(inputs)]) == 0
+    records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["task"] for r in records] == ["colour", "count", "colour"]
+    assert [r["input"] for r in records] == ["red cat", "dog", "blue"]
+
+    assert main(["eval", str(config), "--prompt", str(run / "best"), "--split", "val",
+                 "--no-progress", "--loss-only"]) == 0  # fmt: skip
+    scored = json.loads(capsys.readouterr().out)["val"]
+    assert scored["colour_loss"] == pytest.approx(
+        [e for e in results["evaluations"] if e["step"] == results["best_step"]][0][
+            "eval_colour_loss"
+        ],
+        rel=1e-4,
+    )
+
+
+def test_multitask_run_resumes_exactly(tiny_models, tmp_path):
+    config = multitask_config(tmp_path, tiny_models["llama"])
+    assert main(["train", str(config), "training.max_steps=4", "training.save_steps=2",
+                 "training.eval_steps=2", "--no-progress"]) == 0  # fmt: skip
+    whole = load_prompt(tmp_path / "run" / "checkpoint-4" / "count").weight
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "checkpoint-4")
+    (tmp_path / "run" / "all_results.json").unlink()
+    assert main(["train", str(config), "training.max_steps=4", "training.save_steps=2",
+                 "training.eval_steps=2", "--resume", "auto", "--no-progress"]) == 0  # fmt: skip
+    resumed = load_prompt(tmp_path / "run" / "checkpoint-4" / "count").weight
+    torch.testing.assert_close(resumed, whole)
+
+
+def test_task_entries_are_checked(tiny_models, tmp_path):
+    config = multitask_config(tmp_path, tiny_models["llama"])
+    raw = yaml.safe_load(config.read_text())
+    raw["tasks"][1]["name"] = "colour"
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="used twice"):
+        load_config(config)
+    raw["tasks"][1] = {"name": "count", "data": {"max_input_length": 9}}
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="run-wide"):
+        load_config(config)
+    raw["tasks"][1] = {"name": "count", "task": {"type": "nonsense"}}
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"tasks\[1\] \(count\)"):
+        load_config(config)
+    seed_style = {"name": "a", "prompt": "Is this image AI-generated?", "num_virtual_tokens": 20}
+    raw["tasks"] = [seed_style]
+    config.write_text(yaml.safe_dump(raw))
+    assert load_config(config).tasks[0].instruction == "Is this image AI-generated?"
+
+
+def test_init_from_starts_a_task_from_a_trained_prompt(tiny_models, tmp_path):
+    config = multitask_config(tmp_path, tiny_models["llama"])
+    assert main(["train", str(config), "training.max_steps=1", "--no-progress"]) == 0
+    source = tmp_path / "run" / "best" / "count"
+    raw = yaml.safe_load(config.read_text())
+    raw["tasks"][0] = {**raw["tasks"][0], "init_from": str(source), "num_virtual_tokens": None}
+    raw["training"]["output_dir"] = str(tmp_path / "transfer")
+    config.write_text(yaml.safe_dump(raw))
+    from softprompt.backbones.loading import load_backbone
+    from softprompt.tuners.prompt_tuning.bank import build_bank
+
+    bank = build_bank(load_config(config), load_backbone(str(tiny_models["llama"])))
+    torch.testing.assert_close(bank.vectors("colour"), load_prompt(source).weight)
+    raw["tasks"][0]["num_virtual_tokens"] = 3
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="holds 5 prompt vectors"):
+        build_bank(load_config(config), load_backbone(str(tiny_models["llama"])))
+
+
+def test_ensemble_trains_members_and_reports_each(tiny_models, toy_data, tmp_path, capsys):
+    raw = {
+        "model": {"name_or_path": str(tiny_models["llama"])},
+        "method": {"prompt_tuning": {"num_virtual_tokens": 3, "ensemble": 3}},
+        "data": {"train_path": str(toy_data["train"]), "val_test_path": str(toy_data["val"])},
+        "task": {"max_new_tokens": 2},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 8,
+                     "learning_rate": 0.1},
+    }  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(raw))
+    assert main(["train", str(config), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    last = results["evaluations"][-1]
+    for key in ("eval_member0_exact_match", "eval_member2_loss", "eval_exact_match"):
+        assert key in last
+    members = [load_prompt(tmp_path / "run" / "best" / f"member{k}").weight for k in range(3)]
+    assert not torch.allclose(members[0], members[1])
+    capsys.readouterr()
+    assert main(["predict", "--prompt", str(tmp_path / "run" / "best"),
+                 "--text", "red cat"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert "candidates" in record and record["prediction"] in record["candidates"]
+
+
+def test_ensemble_arithmetic():
+    members = [
+        [{"probabilities": {"yes": 0.9, "no": 0.1}}, {"probabilities": {"yes": 0.2, "no": 0.8}}],
+        [{"probabilities": {"yes": 0.5, "no": 0.5}}, {"probabilities": {"yes": 0.6, "no": 0.4}}],
+    ]
+    means = mean_probabilities(members)
+    torch.testing.assert_close(means[0], torch.tensor([0.7, 0.3]))
+    torch.testing.assert_close(means[1], torch.tensor([0.4, 0.6]))
+
+
+def test_mixing_proportional_and_temperature():
+    assert mix_indices([3, 1], "proportional", 2.0, 0) == [0, 1, 2, 3]
+    mixed = mix_indices([90, 10], "temperature", 1e9, 0)  # T -> inf: equal shares
+    assert len(mixed) == 100
+    assert sum(1 for i in mixed if i >= 90) == 50
+    assert set(i for i in mixed if i >= 90) == set(range(90, 100))  # small task cycled
+    same = mix_indices([90, 10], "temperature", 1.0, 0)  # T = 1: proportional shares
+    assert sum(1 for i in same if i >= 90) == 10
