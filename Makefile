@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_feature_cache.py
 	$(PY) bench/bench_predict.py
 	$(PY) bench/bench_generate_reuse.py
+	$(PY) bench/bench_bank.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo tools

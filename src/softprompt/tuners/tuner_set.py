@@ -85,9 +85,7 @@ class TunerSet:
             for t in self.trainable()
         ]
 
-    def prompt_input(
-        self, batch_size: int, ids: torch.Tensor | None = None
-    ) -> PromptInput | None:
+    def prompt_input(self, batch_size: int, ids: torch.Tensor | None = None) -> PromptInput | None:
         """The batch's soft prompts, or None when there is no prompt or it is off.
 
         Args:
