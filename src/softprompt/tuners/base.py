@@ -24,10 +24,10 @@ class PromptInput:
     """Soft prompts for one batch: a table of prompts and which one each row uses.
 
     Rows of a batch may use different prompts of different lengths: shorter prompts are
-    padded at their end and `mask` marks their real positions (attention skips the padding;
-    position ids still count every position, so a row next to a longer prompt sees its
-    text a few positions later). One prompt for every row is the common case (`single`);
-    backbones then compute the prompt once per batch.
+    padded at their end and `mask` marks their real positions. The splice moves that
+    padding out of the row's way (behind it when scoring, in front when generating), so a
+    row's result does not depend on the prompts beside it. One prompt for every row is the
+    common case (`single`); backbones then compute the prompt once per batch.
 
     Attributes:
         table: (K, P, D) the prompts, padded to the longest (P).
