@@ -161,8 +161,10 @@ def group_bars(rows: list[dict[str, Any]], what: str, path: Path) -> Path | None
     ax.bar(x + 0.2, [r["tuned"] for r in rows], 0.4, label="tuned", color=COLOURS["tuned"])
     names = [f"{_tick(textwrap.shorten(r['group'], 18))}\n(n={r['count']})" for r in rows]
     ax.set_xticks(x, names, rotation=30 if len(rows) > 6 else 0, ha="center", fontsize=8)
-    ax.set(ylabel="accuracy (%)", ylim=(0, 105), title=f"Accuracy by {what}")
-    ax.legend()
+    # Headroom above 100% keeps the legend clear of the bars.
+    ax.set(ylabel="accuracy (%)", ylim=(0, 122), title=f"Accuracy by {what}")
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(loc="upper center", ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(figure, path)
 
