@@ -19,7 +19,20 @@ from softprompt.tuners.prompt_tuning.io import load_prompt
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_bf16_run_uses_eager_attention_and_learns(tiny_models, toy_data, tmp_path, caplog):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one mixed-precision setting per process; other tests' runs
+    set it to "no" before this one asks for bf16."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_run_uses_eager_attention_and_learns(
+    tiny_models, toy_data, tmp_path, caplog, fresh_accelerate_state
+):
     raw = {
         "model": {"name_or_path": str(tiny_models["llama"])},
         "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
