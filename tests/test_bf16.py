@@ -4,6 +4,9 @@ and trainable weights stay float32."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,27 +15,14 @@ from vlm_fixtures import build_vlm
 
 from softprompt.backbones.blip2 import Blip2Backbone
 from softprompt.backbones.vision_base import VisionSettings
-from softprompt.cli import main
 from softprompt.train.setup import use_eager_attention
 from softprompt.tuners.prompt_tuning.io import load_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one mixed-precision setting per process; other tests' runs
-    set it to "no" before this one asks for bf16."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def test_bf16_run_uses_eager_attention_and_learns(
-    tiny_models, toy_data, tmp_path, caplog, fresh_accelerate_state
-):
+def test_bf16_run_uses_eager_attention_and_learns(tiny_models, toy_data, tmp_path):
+    """Run as its own process: accelerate fixes mixed precision once per process."""
     raw = {
         "model": {"name_or_path": str(tiny_models["llama"])},
         "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
@@ -43,9 +33,15 @@ def test_bf16_run_uses_eager_attention_and_learns(
     }  # fmt: skip
     config = tmp_path / "config.yaml"
     config.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(raw))
-    caplog.set_level("INFO", logger="softprompt")
-    assert main(["train", str(config), "--no-progress"]) == 0
-    assert "eager attention" in caplog.text
+    done = subprocess.run(
+        [sys.executable, "-m", "softprompt", "train", str(config), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eager attention" in done.stderr
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(x)["loss"] for x in lines if json.loads(x)["event"] == "train"]
     assert losses[-1] < losses[0], losses
