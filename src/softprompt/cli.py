@@ -310,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
+    _add_predict_command(sub)
+    _add_method_commands(sub)
+    add_commands(sub)
+    return parser
+
+
+def _add_predict_command(sub) -> None:
+    """`predict`: a saved prompt (or bank task) on texts, images or a file of inputs."""
     p = sub.add_parser("predict", help="predict with a saved prompt (text or images)")
     # Seed scripts spell these --model_path / --image_path / --image_dir / --output_file.
     p.add_argument("--prompt", "--model_path", dest="prompt", help="prompt directory")
@@ -340,9 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapter_switch(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_predict)
-    _add_method_commands(sub)
-    add_commands(sub)
-    return parser
 
 
 def _add_method_commands(sub) -> None:
