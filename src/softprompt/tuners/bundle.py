@@ -29,6 +29,7 @@ from softprompt.tuners.prompt_tuning.io import (
     _read_json_object,
     load_prompt,
     sha256_file,
+    verify_manifest_files,
 )
 
 BUNDLE_FORMAT = "softprompt-bundle"
@@ -195,16 +196,4 @@ def _peft_prefix_base(directory: Path) -> str | None:
 
 
 def _verify(directory: Path, meta: dict[str, Any]) -> None:
-    files = meta.get("files")
-    if not isinstance(files, dict):
-        raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
-    for name, expected in files.items():
-        parts = name.split("/") if isinstance(name, str) else [""]
-        if any(p in ("", ".", "..") or "\\" in p for p in parts):
-            raise PromptLoadError(f"{directory / META_FILE}: bad file name {name!r}")
-        path = directory.joinpath(*parts)
-        if not path.is_file() or sha256_file(path) != expected:
-            raise PromptLoadError(
-                f"{path}: missing or does not match {META_FILE}; the bundle was modified or "
-                "damaged after it was saved"
-            )
+    verify_manifest_files(directory, meta, "bundle")

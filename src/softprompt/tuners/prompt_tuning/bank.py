@@ -32,6 +32,7 @@ from softprompt.tuners.prompt_tuning.io import (
     _read_json_object,
     load_prompt,
     sha256_file,
+    verify_manifest_files,
 )
 from softprompt.tuners.prompt_tuning.tuner import PromptTuner
 
@@ -210,21 +211,7 @@ def read_bank_meta(directory: Path) -> dict[str, Any]:
             or name in ("", ".", "..")
         ):
             raise PromptLoadError(f"{directory / META_FILE}: bad entry for prompt {name!r}")
-    files = meta.get("files")
-    if not isinstance(files, dict):
-        raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
-    for name, expected in files.items():
-        parts = name.split("/") if isinstance(name, str) else [""]
-        path = Path(directory).joinpath(*parts)
-        if (
-            any(p in ("", ".", "..") for p in parts)
-            or not path.is_file()
-            or sha256_file(path) != expected
-        ):
-            raise PromptLoadError(
-                f"{path}: missing or does not match {META_FILE}; the bank was modified or "
-                "damaged after it was saved"
-            )
+    verify_manifest_files(Path(directory), meta, "bank")
     return meta
 
 

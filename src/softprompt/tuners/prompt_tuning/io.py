@@ -261,6 +261,28 @@ def _verify_checksums(directory: Path, meta: dict[str, Any]) -> None:
             )
 
 
+def verify_manifest_files(directory: Path, meta: dict[str, Any], what: str) -> None:
+    """Check every file a manifest lists (`files`: relative name -> SHA-256).
+
+    Raises:
+        PromptLoadError: a malformed list, a name leading outside `directory`, or a file
+            that is missing or changed since the `what` (bundle, bank) was saved.
+    """
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
+    for name, expected in files.items():
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if any(p in ("", ".", "..") or "\\" in p for p in parts):
+            raise PromptLoadError(f"{directory / META_FILE}: bad file name {name!r}")
+        path = Path(directory).joinpath(*parts)
+        if not path.is_file() or sha256_file(path) != expected:
+            raise PromptLoadError(
+                f"{path}: missing or does not match {META_FILE}; the {what} was modified or "
+                "damaged after it was saved"
+            )
+
+
 def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
     safetensors_path = directory / WEIGHTS_FILE
     if safetensors_path.is_file():
