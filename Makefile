@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_bf16.py
 	$(PY) bench/bench_lora.py
 	$(PY) bench/bench_switch.py
 	$(PY) bench/bench_feature_cache.py

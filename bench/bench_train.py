@@ -1,19 +1,27 @@
-"""Prompt-tuning training throughput, memory, MFU and loss parity: softprompt vs Hugging Face PEFT.
+"""Prompt-tuning training throughput, memory, MFU and loss parity: softprompt vs Hugging Face
+PEFT, each in float32 and in bfloat16.
 
-    python bench/bench_train.py [--steps N] [--batch-size B] [--quick]
+    python bench/bench_train.py [--runs 3] [--steps N] [--batch-size B] [--methods ...] [--quick]
 
 Each method trains in its own process (this script with --worker) so that peak RSS is per
-method; the parent interleaves their optimizer steps so background load hits both alike, and a
+method; the parent interleaves their optimizer steps so background load hits all alike, and a
 step disturbed by other processes is re-run from a snapshot (fastest attempt counts). Before
 training, each worker also scores 3 fixed batches in eval mode with the same initial prompt
-(loss parity). A third worker times fp32 torch.mm for the MFU denominator, before and after.
-Results: a Markdown table on stdout and bench/results/train_vs_peft.json (--quick:
-train_vs_peft_quick.json).
+(loss parity). A matmul worker times fp32 and bf16 torch.mm, before and after: the physical
+limits the useful FLOP/s are a fraction of. The whole comparison runs --runs times; the report
+gives the median and the min-max of every rate and ratio.
+
+Methods: `ours` / `peft` (float32), `ours-bf16` (what `training.bf16: true` with
+`model.dtype: bfloat16` runs: bfloat16 frozen weights, eager attention, float32 prompt and
+optimizer, autocast) and `peft-bf16` (PEFT under autocast, float32 weights: a Trainer with
+`bf16=True`). Results: a Markdown table on stdout and bench/results/train_vs_peft.json
+(--quick: train_vs_peft_quick.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -25,6 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "train_vs_peft.json"
+METHODS = ("peft", "ours", "peft-bf16", "ours-bf16")
 sys.path.insert(0, str(HERE))  # workers import bench/common.py (torch, transformers) lazily
 
 
@@ -41,16 +50,17 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
     from softprompt.tuners.splice import IGNORE_INDEX
 
     common.setup_torch()
+    base, bf16 = method.removesuffix("-bf16"), method.endswith("-bf16")
     all_examples = common.load_examples()
     # The timed steps cover one epoch of this subset (all 100 examples by default), so both
     # methods time exactly the same examples; only the batching differs.
     examples = all_examples[: steps * batch_size]
     p = common.NUM_VIRTUAL_TOKENS
-    if method == "ours":
-        backbone, prompt = common.load_ours()
+    if base == "ours":
+        backbone, prompt = common.load_ours(bf16)
         model, tokenizer, params = backbone.model, backbone.tokenizer, list(prompt.parameters())
 
-        def loss_of(batch):
+        def forward(batch):
             loss_sum, count = backbone.loss_sum(batch, prompt(batch["input_ids"].shape[0]))
             return loss_sum / count
 
@@ -58,8 +68,14 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
         model, peft_model, weight = common.load_peft()
         tokenizer, params = load_tokenizer(common.model_path()), [weight]
 
-        def loss_of(batch):
+        def forward(batch):
             return peft_model(**batch).loss
+
+    def loss_of(batch):
+        # The loss leaves autocast as float32 (log-softmax and NLL run in float32 under it).
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            return forward(batch).float()
 
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     trainable += sum(x.numel() for x in params)
@@ -82,7 +98,7 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
         cpu_seconds = time.process_time() - cpu_start
         b, seq = batch["input_ids"].shape[0], p + batch["input_ids"].shape[1]
         labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        head = labels if method == "ours" else b * seq
+        head = labels if base == "ours" else b * seq
         return {
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
@@ -134,11 +150,11 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
     # steps (both then suffer the same background load); replies go to the original stdout.
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    grouped = method == "ours"
+    grouped = base == "ours"
     warm = common.batch_stream(lengths, batch_size, grouped, start_epoch=common.WARMUP_EPOCH)
     timed = common.batch_stream(lengths, batch_size, grouped)
     records: list[dict] = []
-    mm_rates: list[float] = []  # matmul peak sampled between steps, under the same load
+    mm_rates: list[dict] = []  # matmul peaks sampled between steps, under the same load
     print("ready", file=proto, flush=True)
     for command in sys.stdin:
         if command.strip() == "warm":
@@ -147,7 +163,7 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
             records.append(timed_step(next(timed)))
         else:
             break
-        mm_rates.append(common.matmul_rate())
+        mm_rates.append(common.matmul_rates())
         print("ok", file=proto, flush=True)
     summary = train_report.summarize(records, p, common.BUSY_LIMIT)
     return {
@@ -188,11 +204,10 @@ def run_worker(role: str, args: argparse.Namespace) -> dict:
 
 
 def run_training(args: argparse.Namespace) -> dict[str, dict]:
-    """Both methods in their own processes, steps interleaved A B B A ... (one runs at a time).
-
-    Interleaving exposes both methods to the same background load on a shared machine.
-    """
-    methods = ("peft", "ours")
+    """All methods in their own processes, steps interleaved A B C D D C B A ... (one runs at
+    a time): interleaving exposes every method to the same background load on a shared
+    machine."""
+    methods = tuple(args.methods)
     with tempfile.TemporaryDirectory() as tmp:
         procs = {}
         for m in methods:
@@ -222,28 +237,44 @@ def run_training(args: argparse.Namespace) -> dict[str, dict]:
     return results
 
 
-def main() -> None:
+def one_run(args: argparse.Namespace) -> dict:
+    """Matmul peaks, then every method's training steps, then the peaks again."""
+    import train_report
+
+    mm_before = run_worker("matmul", args)
+    trained = run_training(args)
+    mm_after = run_worker("matmul", args)
+    return train_report.score_run(trained, mm_before, mm_after)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=None, help="whole comparisons (median)")
     parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
         "--retries", type=int, default=1, help="re-runs of a step disturbed by other processes"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run (~2 min)")
-    parser.add_argument("--worker", choices=["ours", "peft", "matmul"], help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smoke run (~3 min)")
+    parser.add_argument("--worker", choices=[*METHODS, "matmul"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    # Default: 13 steps of 8 = one full epoch of the 100 aclsum train examples, so both methods
-    # time exactly the same examples (only the batching differs).
-    quick = {"steps": 4, "batch_size": 4, "warmup": 1}
-    full = {"steps": 13, "batch_size": 8, "warmup": 2}
+    # Default: 13 steps of 8 = one full epoch of the 100 aclsum train examples, so every method
+    # times exactly the same examples (only the batching differs).
+    quick = {"runs": 1, "steps": 4, "batch_size": 4, "warmup": 1}
+    full = {"runs": 3, "steps": 13, "batch_size": 8, "warmup": 2}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
-        if args.worker in ("ours", "peft"):
+        if args.worker in METHODS:
             result = worker_train(
                 args.worker, args.steps, args.batch_size, args.warmup, args.retries
             )
@@ -258,38 +289,17 @@ def main() -> None:
     import train_report
 
     started = time.perf_counter()
-    mm_before = run_worker("matmul", args)
-    trained = run_training(args)
-    peft, ours = trained["peft"], trained["ours"]
-    loss_parity = train_report.parity(peft, ours)
-    disturbed = peft["disturbed_steps"] + ours["disturbed_steps"]
-    if disturbed:
-        print(
-            f"[bench] WARNING: {disturbed} timed steps ran beside other processes' CPU use even "
-            "after retries; timings are pessimistic (see step_background_cores in the JSON)",
-            file=sys.stderr,
-        )
-    mm_after = run_worker("matmul", args)
-    # The MFU denominator is the best matmul rate seen in the run (standalone before and after
-    # training, and between training steps), the least disturbed by other processes.
-    best = max(mm_before["best"], mm_after["best"], *peft["matmul_rates"], *ours["matmul_rates"])
-    for r in (peft, ours):
-        r["mfu"] = r["achieved_flops_per_s"] / best
-        r["mfu_with_attention"] = r["achieved_flops_per_s_with_attention"] / best
+    runs = []
+    for k in range(args.runs):
+        print(f"[bench] run {k + 1}/{args.runs}", file=sys.stderr)
+        runs.append(one_run(args))
     import common
 
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         **common.run_settings(),
-        "matmul_flops_per_s": {**mm_before, "best": best, "after": mm_after},
-        "peft": peft,
-        "ours": ours,
-        "ratios": {
-            "samples_per_s": ours["samples_per_s"] / peft["samples_per_s"],
-            "tokens_per_s": ours["tokens_per_s"] / peft["tokens_per_s"],
-            "peak_rss": ours["peak_rss"]["vm_hwm_mb"] / peft["peak_rss"]["vm_hwm_mb"],
-        },
-        "parity": loss_parity,
+        **train_report.aggregate(runs),
+        "runs": runs,
         "wall_seconds": time.perf_counter() - started,
     }
     # A smoke run does not overwrite the real measurement.

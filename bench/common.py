@@ -100,12 +100,19 @@ def prompt_init(word_embeddings: torch.Tensor) -> torch.Tensor:
     return word_embeddings.detach()[rows].clone().float()
 
 
-def load_ours():
-    """Our backbone and a SoftPrompt holding `prompt_init`'s weights."""
+def load_ours(bf16: bool = False):
+    """Our backbone and a SoftPrompt holding `prompt_init`'s weights.
+
+    bf16: what `training.bf16: true` with `model.dtype: bfloat16` sets up: frozen weights in
+    bfloat16, eager attention (train/setup.py), the prompt in float32.
+    """
     from softprompt.backbones.loading import load_backbone
+    from softprompt.train.setup import use_eager_attention
     from softprompt.tuners.prompt_tuning.model import SoftPrompt
 
-    backbone = load_backbone(MODEL)
+    backbone = load_backbone(MODEL, dtype="bfloat16" if bf16 else "float32")
+    if bf16:
+        use_eager_attention(backbone)
     prompt = SoftPrompt(NUM_VIRTUAL_TOKENS, backbone.hidden_size)
     with torch.no_grad():
         prompt.embedding.weight.copy_(prompt_init(backbone.word_embeddings()))
@@ -113,7 +120,11 @@ def load_ours():
 
 
 def load_peft():
-    """(base HF model, PEFT prompt-tuning model, its prompt weight) with `prompt_init`'s weights."""
+    """(base HF model, PEFT prompt-tuning model, its prompt weight) with `prompt_init`'s weights.
+
+    Its bf16 run is what a PEFT user gets from autocast (Trainer's `bf16=True`): float32
+    weights, the model's default attention.
+    """
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -220,14 +231,14 @@ def wait_for_quiet(limit_s: float, threshold: float = BUSY_LIMIT) -> float:
     return time.perf_counter() - start
 
 
-def matmul_rate(n: int = 2048, iters: int = 3) -> float:
-    """fp32 torch.mm FLOP/s (2*n^3 per product) over `iters` products after one untimed one.
+def matmul_rate(n: int = 2048, iters: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """torch.mm FLOP/s (2*n^3 per product) in `dtype` over `iters` products after one untimed one.
 
     The operands are allocated per call, so between training steps they do not raise the
     process's peak RSS (activations are freed by then).
     """
     g = torch.Generator().manual_seed(SEED)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
     out = torch.mm(a, b)
     start = time.perf_counter()
     for _ in range(iters):
@@ -235,8 +246,20 @@ def matmul_rate(n: int = 2048, iters: int = 3) -> float:
     return 2 * n**3 * iters / (time.perf_counter() - start)
 
 
-def matmul_flops_per_s(n: int = 2048, rounds: int = 5) -> dict[str, float]:
-    """Best fp32 torch.mm throughput over `rounds` timed rounds of 10 products, warmed up."""
-    matmul_rate(n, 3)
-    rates = [matmul_rate(n, 10) for _ in range(rounds)]
-    return {"n": n, "best": max(rates), "rounds": rates}
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_flops_per_s(n: int = 2048, rounds: int = 5) -> dict[str, dict]:
+    """Best torch.mm throughput per dtype (fp32, bf16) over `rounds` timed rounds of 10
+    products, warmed up: the physical limits the training steps are measured against."""
+    peaks = {}
+    for name, dtype in PEAK_DTYPES.items():
+        matmul_rate(n, 3, dtype)
+        rates = [matmul_rate(n, 10, dtype) for _ in range(rounds)]
+        peaks[name] = {"n": n, "best": max(rates), "rounds": rates}
+    return peaks
+
+
+def matmul_rates(n: int = 2048) -> dict[str, float]:
+    """One short sample of each dtype's matmul rate (taken between training steps)."""
+    return {name: matmul_rate(n, 3, dtype) for name, dtype in PEAK_DTYPES.items()}

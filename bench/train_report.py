@@ -27,11 +27,11 @@ def summarize(records: list[dict], num_virtual_tokens: int, busy_limit: float) -
     }
 
 
-def parity(peft: dict, ours: dict) -> dict:
-    """Compare the two workers' probes (and drop the gradients from the results)."""
-    a, b = peft.pop("probe"), ours.pop("probe")
+def parity(a: dict, b: dict) -> dict:
+    """Compare two workers' probes: eval-mode losses on the same batches and the prompt
+    gradient on the first (a is the reference)."""
     rows = [
-        {"batch": k, "peft": x, "ours": y, "rel_diff": abs(y - x) / abs(x)}
+        {"batch": k, "a": x, "b": y, "rel_diff": abs(y - x) / abs(x)}
         for k, (x, y) in enumerate(zip(a["losses"], b["losses"], strict=True))
     ]
     diff = sum((x - y) ** 2 for x, y in zip(a["grad"], b["grad"], strict=True)) ** 0.5
@@ -39,52 +39,147 @@ def parity(peft: dict, ours: dict) -> dict:
     return {"batch_size": a["batch_size"], "batches": rows, "grad_rel_diff_batch0": diff / norm}
 
 
+# (name in the report, numerator, denominator) of the samples/s ratios
+RATIOS = (
+    ("ours / PEFT, fp32", "ours", "peft"),
+    ("ours bf16 / ours fp32", "ours-bf16", "ours"),
+    ("PEFT bf16 / PEFT fp32", "peft-bf16", "peft"),
+    ("ours bf16 / PEFT bf16", "ours-bf16", "peft-bf16"),
+    ("ours bf16 / PEFT fp32", "ours-bf16", "peft"),
+)
+PARITIES = (("peft", "ours"), ("ours", "ours-bf16"))  # fp32 pair; bf16 against fp32
+
+
+def score_run(trained: dict[str, dict], mm_before: dict, mm_after: dict) -> dict:
+    """One run's rates as fractions of the best matmul peaks seen in it, its ratios and
+    parities (the probes are dropped from the results)."""
+    peaks = {}
+    for dtype in ("fp32", "bf16"):
+        between = [rates[dtype] for r in trained.values() for rates in r["matmul_rates"]]
+        # The best rate seen in the run (standalone before and after training, and between
+        # training steps) is the one least disturbed by other processes.
+        peaks[dtype] = max(mm_before[dtype]["best"], mm_after[dtype]["best"], *between)
+    probes = {m: r.pop("probe") for m, r in trained.items()}
+    for r in trained.values():
+        r.pop("matmul_rates")
+        for dtype, peak in peaks.items():
+            r[f"fraction_of_{dtype}_peak"] = r["achieved_flops_per_s"] / peak
+            r[f"fraction_of_{dtype}_peak_with_attention"] = (
+                r["achieved_flops_per_s_with_attention"] / peak
+            )
+    ratios = {
+        name: trained[a]["samples_per_s"] / trained[b]["samples_per_s"]
+        for name, a, b in RATIOS
+        if a in trained and b in trained
+    }
+    return {
+        "matmul_peaks": peaks,
+        "matmul_standalone": {"before": mm_before, "after": mm_after},
+        "methods": trained,
+        "ratios": ratios,
+        "parity": {
+            f"{a} vs {b}": parity(probes[a], probes[b])
+            for a, b in PARITIES
+            if a in probes and b in probes
+        },
+    }
+
+
+def spread(values: list[float]) -> dict:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"median": median, "min": ordered[0], "max": ordered[-1], "runs": values}
+
+
+METHOD_RATES = (
+    "samples_per_s",
+    "tokens_per_s",
+    "achieved_flops_per_s",
+    "fraction_of_fp32_peak",
+    "fraction_of_bf16_peak",
+    "cpu_utilisation",
+)
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Median and min-max over runs of every method's rates, the peaks and the ratios."""
+    methods = runs[0]["methods"]
+    return {
+        "matmul_peaks": {d: spread([r["matmul_peaks"][d] for r in runs]) for d in ("fp32", "bf16")},
+        "median": {
+            m: {
+                **{k: spread([r["methods"][m][k] for r in runs]) for k in METHOD_RATES},
+                "peak_rss_mb": spread([r["methods"][m]["peak_rss"]["vm_hwm_mb"] for r in runs]),
+                "padding_fraction": methods[m]["padding_fraction"],
+                "disturbed_steps": sum(r["methods"][m]["disturbed_steps"] for r in runs),
+                "background_cores": spread(
+                    [r["methods"][m]["totals"]["background_cores"] for r in runs]
+                ),
+            }
+            for m in methods
+        },
+        "ratios": {k: spread([r["ratios"][k] for r in runs]) for k in runs[0]["ratios"]},
+        "parity": runs[0]["parity"],  # the probes are deterministic: every run gives the same
+    }
+
+
+NAMES = {
+    "peft": "HF PEFT prompt tuning, fp32",
+    "ours": "softprompt, fp32",
+    "peft-bf16": "HF PEFT prompt tuning, bf16 autocast",
+    "ours-bf16": "softprompt, bf16",
+}
+
+
+def _cell(s: dict, fmt: str) -> str:
+    return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
+
+
 def report(results: dict) -> str:
-    """The Markdown table, ratio, MFU and parity lines printed at the end of a run."""
-    peak = results["matmul_flops_per_s"]
+    """The Markdown table, ratios, peaks and parity lines printed at the end of a run."""
+    runs = len(results["runs"])
     lines = [
-        "| method | samples/s | tokens/s | peak RSS MB | MFU fraction |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, key in (("HF PEFT prompt tuning", "peft"), ("softprompt (ours)", "ours")):
-        r = results[key]
-        lines.append(
-            f"| {name} | {r['samples_per_s']:.3f} | {r['tokens_per_s']:.1f} | "
-            f"{r['peak_rss']['vm_hwm_mb']:.0f} | {r['mfu']:.3f} |"
-        )
-    ratios = results["ratios"]
-    lines += [
+        f"median (min-max) over {runs} run(s):",
         "",
-        f"throughput ours/PEFT: {ratios['samples_per_s']:.2f}x samples/s, "
-        f"{ratios['tokens_per_s']:.2f}x tokens/s (target >= 1.5x)",
-        f"peak RSS ours/PEFT: {ratios['peak_rss']:.3f} "
-        f"({results['ours']['peak_rss']['vm_hwm_mb']:.0f} vs "
-        f"{results['peft']['peak_rss']['vm_hwm_mb']:.0f} MiB, VmHWM)",
-        "CPU utilisation (process CPU s / wall s, 2 = both cores): "
-        f"ours {results['ours']['cpu_utilisation']:.2f}, "
-        f"PEFT {results['peft']['cpu_utilisation']:.2f}",
-        "other processes' CPU use during the counted step attempts (mean cores): "
-        f"ours {results['ours']['totals']['background_cores']:.2f}, "
-        f"PEFT {results['peft']['totals']['background_cores']:.2f}; steps still disturbed: "
-        f"ours {results['ours']['disturbed_steps']}, PEFT {results['peft']['disturbed_steps']}",
-        f"padding fraction of text positions: ours {results['ours']['padding_fraction']:.3f}, "
-        f"PEFT {results['peft']['padding_fraction']:.3f}",
-        f"matmul peak (fp32 torch.mm {peak['n']}x{peak['n']}, {results['threads']} threads, best "
-        f"sample before/between/after training; MFU denominator): {peak['best'] / 1e9:.1f} GFLOP/s",
-        f"MFU incl. attention FLOPs: ours {results['ours']['mfu_with_attention']:.3f}, "
-        f"PEFT {results['peft']['mfu_with_attention']:.3f}",
+        "| method | samples/s | tokens/s | peak RSS MB | useful FLOP/s of fp32 peak "
+        "| of bf16 peak |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m, r in results["median"].items():
+        lines.append(
+            f"| {NAMES[m]} | {_cell(r['samples_per_s'], '.3f')} | "
+            f"{r['tokens_per_s']['median']:.1f} | {r['peak_rss_mb']['median']:.0f} | "
+            f"{_cell(r['fraction_of_fp32_peak'], '.3f')} | "
+            f"{_cell(r['fraction_of_bf16_peak'], '.3f')} |"
+        )
+    lines.append("")
+    for name, s in results["ratios"].items():
+        each = ", ".join(f"{x:.2f}" for x in s["runs"])
+        lines.append(f"samples/s {name}: {_cell(s, '.2f')}x (runs: {each})")
+    peaks = results["matmul_peaks"]
+    lines += [
+        f"matmul peaks (torch.mm 2048x2048, {results['threads']} threads, best sample of each "
+        f"run): fp32 {peaks['fp32']['median'] / 1e9:.0f} GFLOP/s, bf16 "
+        f"{peaks['bf16']['median'] / 1e9:.0f} GFLOP/s (bf16/fp32 "
+        f"{peaks['bf16']['median'] / peaks['fp32']['median']:.1f}x)",
+        "padding fraction of text positions: "
+        + ", ".join(f"{m} {r['padding_fraction']:.3f}" for m, r in results["median"].items()),
+        "other processes' CPU use during counted steps (mean cores, median run): "
+        + ", ".join(
+            f"{m} {r['background_cores']['median']:.2f}" for m, r in results["median"].items()
+        )
+        + "; steps still disturbed after re-runs: "
+        + ", ".join(f"{m} {r['disturbed_steps']}" for m, r in results["median"].items()),
         f"what counts as a FLOP: {results['flop_definition']}",
         "tokens/s counts real (non-pad) input + target tokens, prompt excluded.",
-        "",
-        f"loss parity (eval mode, same {results['parity']['batch_size']}-example batches, "
-        "same prompt weights):",
     ]
-    for row in results["parity"]["batches"]:
-        lines.append(
-            f"  batch {row['batch']}: PEFT {row['peft']:.6f}  ours {row['ours']:.6f}  "
-            f"rel diff {row['rel_diff']:.2e} (target <= 1e-4)"
-        )
-    lines.append(
-        f"  prompt-gradient rel diff, batch 0: {results['parity']['grad_rel_diff_batch0']:.2e}"
-    )
+    for pair, p in results["parity"].items():
+        lines += ["", f"loss {pair} (eval mode, same {p['batch_size']}-example batches, same "
+                  "initial prompt; relative differences):"]  # fmt: skip
+        for row in p["batches"]:
+            lines.append(
+                f"  batch {row['batch']}: {row['a']:.6f} vs {row['b']:.6f}, {row['rel_diff']:.2e}"
+            )
+        lines.append(f"  prompt gradient, batch 0: {p['grad_rel_diff_batch0']:.2e}")
     return "\n".join(lines)

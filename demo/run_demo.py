@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
     log = logging.getLogger("softprompt")
     config_path = Path(argv[0]) if argv and argv[0].endswith(".yaml") else DEFAULT_CONFIG
     overrides = argv[1:] if argv and argv[0].endswith(".yaml") else argv
-    config = load_config(config_path, overrides)
+    # A second `make demo` trains again from scratch in the same directory.
+    config = load_config(config_path, ["training.overwrite_output_dir=true", *overrides])
     started = time.perf_counter()
 
     log.info("Zero-shot: the bare model on the test split (same template)")

@@ -171,3 +171,24 @@ def test_metrics_log_keeps_lines_it_cannot_read_on_resume(tmp_path):
     path.write_text('not json\n[1, 2]\n{"event": "train", "step": 40}\n')
     MetricsLog(path, enabled=True).forget_after(20)
     assert path.read_text() == "not json\n[1, 2]\n"
+
+
+def test_a_fresh_start_refuses_an_earlier_run_and_overwrite_replaces_it(
+    tiny_models, toy_data, tmp_path
+):
+    out = tmp_path / "run"
+    first = train(make_config(tiny_models["llama"], toy_data, out, max_steps=3, seed=1))
+    assert first["global_step"] == 3
+    old_best = prompt_of(out / "best")
+    with pytest.raises(ConfigError, match=r"earlier run \(checkpoint-3.*overwrite_output_dir"):
+        train(make_config(tiny_models["llama"], toy_data, out, max_steps=2, seed=2))
+    assert torch.equal(prompt_of(out / "best"), old_best)  # nothing was touched
+
+    again = make_config(
+        tiny_models["llama"], toy_data, out, max_steps=2, seed=2, overwrite_output_dir=True
+    )
+    train(again)
+    assert not (out / "checkpoint-3").exists() and (out / "checkpoint-2").is_dir()
+    assert not torch.equal(prompt_of(out / "best"), old_best)
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps and max(steps) == 2  # the earlier run's lines are gone

@@ -209,6 +209,11 @@ class TrainingConfig(_Section):
     save_total_limit: int | None = Field(
         2, ge=1, description="Keep only the newest N checkpoint-STEP directories."
     )
+    overwrite_output_dir: bool = Field(
+        False,
+        description="A fresh start (no --resume) in an output_dir holding an earlier run's "
+        "checkpoints, best/ or metrics.jsonl replaces them; false: refuse, naming them.",
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement."
     )
@@ -222,7 +227,12 @@ class TrainingConfig(_Section):
         True, description="Generate during eval to compute ROUGE/BLEU/EM (slower than loss)."
     )
     group_by_length: bool = Field(True, description="Length-bucketed batches (less padding).")
-    bf16: bool = Field(False, description="bfloat16 autocast where the device supports it.")
+    bf16: bool = Field(
+        False,
+        description="bfloat16 autocast where the device supports it; trainable weights, "
+        "optimizer state and the loss stay float32 (model.dtype: bfloat16 also stores the "
+        "frozen weights in bfloat16).",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for init, data order and dropout.")
 

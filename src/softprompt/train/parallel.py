@@ -15,6 +15,7 @@ import os
 
 import torch
 from accelerate import Accelerator, DistributedType
+from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, get_int_from_env
 from torch import nn
 
@@ -58,8 +59,11 @@ def make_accelerator(t: TrainingConfig) -> Accelerator:
             "accelerate's gradient_accumulation_steps is ignored; "
             "set training.gradient_accumulation_steps instead"
         )
+    precision = "bf16" if t.bf16 else "no"
+    if launched == 1:
+        release_precision(precision)
     accelerator = Accelerator(
-        mixed_precision="bf16" if t.bf16 else "no",
+        mixed_precision=precision,
         # Passed explicitly so an accelerate config cannot change it: the loop
         # accumulates itself and normalises the loss by the step's tokens.
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
@@ -82,6 +86,18 @@ def make_accelerator(t: TrainingConfig) -> Accelerator:
             "use one of the configs in configs/accelerate/"
         )
     return accelerator
+
+
+def release_precision(precision: str) -> None:
+    """Let one process train in one precision after another (a notebook, a script of runs).
+
+    accelerate keeps one AcceleratorState per process and refuses a second precision. In a
+    single process nothing else depends on it, so it is set anew; the process group
+    (PartialState) is left alone.
+    """
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != precision:
+        AcceleratorState._reset_state()
 
 
 class TrainableParts(nn.Module):

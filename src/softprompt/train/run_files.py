@@ -77,6 +77,38 @@ def _close_all(dashboards: list) -> None:
     dashboards.clear()
 
 
+# What a training run writes into its directory besides config.yaml and checkpoint-*/. A
+# fresh start must not mix with an earlier run's: an old best/ would be kept as this run's
+# result and metrics.jsonl appended to.
+RUN_OUTPUTS = (
+    "best",
+    "metrics.jsonl",
+    "all_results.json",
+    "initial_prompt.safetensors",
+    "tensorboard",
+    "skipped_inputs.json",
+    "predictions.val.jsonl",
+    "predictions.test.jsonl",
+    "report",
+)
+
+
+def earlier_run_outputs(run_dir: Path) -> list[Path]:
+    """An earlier run's checkpoints and outputs in `run_dir` (empty when there are none)."""
+    if not run_dir.is_dir():
+        return []
+    found = sorted(p for p in run_dir.glob("checkpoint-*") if p.is_dir())
+    return found + [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+
+
+def clear_earlier_run(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def drop_partial_last_line(path: Path) -> None:
     """Truncate a text file after its last newline (no-op when it ends with one)."""
     try:

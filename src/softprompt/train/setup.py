@@ -32,6 +32,8 @@ from softprompt.train.checkpoint import TrainState, find_latest_checkpoint, load
 from softprompt.train.parallel import TrainableParts, make_accelerator
 from softprompt.train.run_files import (
     MetricsLog,
+    clear_earlier_run,
+    earlier_run_outputs,
     prompt_task_record,
     save_context,
     save_initial_prompt,
@@ -141,6 +143,25 @@ def use_eager_attention(backbone) -> None:
         logger.info("bf16 on the CPU: eager attention in the language model")
 
 
+def start_fresh(run_dir: Path, overwrite: bool, accelerator: Accelerator) -> None:
+    """Refuse (or, with overwrite, clear) an earlier run's files in a fresh run's directory.
+
+    Every process checks, so all of them raise the same error; only the first deletes.
+    """
+    earlier = earlier_run_outputs(run_dir)
+    if earlier and not overwrite:
+        names = ", ".join(p.name for p in earlier[:6]) + (", ..." if len(earlier) > 6 else "")
+        raise ConfigError(
+            f"training.output_dir {str(run_dir)!r} holds an earlier run ({names}): continue it "
+            "with --resume auto, train into another training.output_dir, or replace it with "
+            "training.overwrite_output_dir=true"
+        )
+    if earlier and accelerator.is_main_process:
+        logger.info("Replacing the earlier run in %s (training.overwrite_output_dir)", run_dir)
+        clear_earlier_run(earlier)
+    accelerator.wait_for_everyone()
+
+
 def build_tuners(config: RunConfig, backbone) -> TunerSet:
     """The config's tuners; refuses a run in which nothing would train."""
     tuners = TunerSet.from_config(config, backbone)
@@ -168,6 +189,8 @@ def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
     t = config.training
     run_dir = Path(t.output_dir)
     accelerator = make_accelerator(t)
+    if not resume:
+        start_fresh(run_dir, t.overwrite_output_dir, accelerator)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
