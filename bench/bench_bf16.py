@@ -39,7 +39,7 @@ def train_once(config: str, variant: str, steps: int, workdir: Path) -> dict:
     """One `softprompt train` run; its steady-state samples/s and last train loss."""
     out = workdir / variant
     command = [
-        *(sys.executable, "-m", "softprompt", "train", config, "--no-progress"),
+        *(sys.executable, "-m", "softprompt", "train", config),
         *VARIANTS[variant],
         f"training.output_dir={out}",
         f"training.max_steps={steps}",
@@ -48,6 +48,7 @@ def train_once(config: str, variant: str, steps: int, workdir: Path) -> dict:
         "training.eval_generate=false",
         "training.report_to=none",
         "data.max_eval_samples=8",
+        "--no-progress",
     ]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     start = time.perf_counter()
@@ -106,7 +107,7 @@ def report(config: str, steps: int, summary: dict) -> str:
         r, loss = s["samples_per_s"], s["last_loss"]
         lines.append(
             f"| {v} | {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | "
-            f"{loss['median']:.3f} ({loss['min']:.3f}-{loss['max']:.3f}) |"
+            f"{loss['median']:.4f} ({loss['min']:.4f}-{loss['max']:.4f}) |"
         )
     lines.append("")
     for name, r in summary["ratios"].items():
