@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_report import median_range, spread  # bench/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VARIANTS = {
@@ -71,25 +73,16 @@ def train_once(config: str, variant: str, steps: int, workdir: Path) -> dict:
     }
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def summarize(rounds: list[dict[str, dict]], variants: list[str]) -> dict:
-    def stat(values: list[float]) -> dict:
-        return {"median": median(values), "min": min(values), "max": max(values), "runs": values}
-
     summary = {
         v: {
-            "samples_per_s": stat([r[v]["samples_per_s"] for r in rounds]),
-            "last_loss": stat([r[v]["last_loss"] for r in rounds]),
+            "samples_per_s": spread([r[v]["samples_per_s"] for r in rounds]),
+            "last_loss": spread([r[v]["last_loss"] for r in rounds]),
         }
         for v in variants
     }
     ratios = {
-        f"{v} / fp32": stat([r[v]["samples_per_s"] / r["fp32"]["samples_per_s"] for r in rounds])
+        f"{v} / fp32": spread([r[v]["samples_per_s"] / r["fp32"]["samples_per_s"] for r in rounds])
         for v in variants
         if v != "fp32" and "fp32" in variants
     }
@@ -104,15 +97,12 @@ def report(config: str, steps: int, summary: dict) -> str:
         "|---|---:|---:|",
     ]
     for v, s in summary["variants"].items():
-        r, loss = s["samples_per_s"], s["last_loss"]
-        lines.append(
-            f"| {v} | {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | "
-            f"{loss['median']:.4f} ({loss['min']:.4f}-{loss['max']:.4f}) |"
-        )
+        rate, loss = median_range(s["samples_per_s"], ".2f"), median_range(s["last_loss"], ".4f")
+        lines.append(f"| {v} | {rate} | {loss} |")
     lines.append("")
     for name, r in summary["ratios"].items():
         each = ", ".join(f"{x:.2f}" for x in r["runs"])
-        lines.append(f"{name}: {r['median']:.2f}x (min {r['min']:.2f}, max {r['max']:.2f}; {each})")
+        lines.append(f"{name}: {median_range(r, '.2f')}x (runs: {each})")
     return "\n".join(lines)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 
 def summarize(records: list[dict], num_virtual_tokens: int, busy_limit: float) -> dict:
     """Throughput, padding, CPU use and FLOP rates over a worker's timed steps."""
@@ -86,10 +88,13 @@ def score_run(trained: dict[str, dict], mm_before: dict, mm_after: dict) -> dict
 
 
 def spread(values: list[float]) -> dict:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return {"median": median, "min": ordered[0], "max": ordered[-1], "runs": values}
+    """Median, min, max and the values themselves (one per run)."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
 
 
 METHOD_RATES = (
@@ -132,7 +137,8 @@ NAMES = {
 }
 
 
-def _cell(s: dict, fmt: str) -> str:
+def median_range(s: dict, fmt: str) -> str:
+    """A spread as 'median (min-max)'."""
     return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
 
 
@@ -148,15 +154,15 @@ def report(results: dict) -> str:
     ]
     for m, r in results["median"].items():
         lines.append(
-            f"| {NAMES[m]} | {_cell(r['samples_per_s'], '.3f')} | "
+            f"| {NAMES[m]} | {median_range(r['samples_per_s'], '.3f')} | "
             f"{r['tokens_per_s']['median']:.1f} | {r['peak_rss_mb']['median']:.0f} | "
-            f"{_cell(r['fraction_of_fp32_peak'], '.3f')} | "
-            f"{_cell(r['fraction_of_bf16_peak'], '.3f')} |"
+            f"{median_range(r['fraction_of_fp32_peak'], '.3f')} | "
+            f"{median_range(r['fraction_of_bf16_peak'], '.3f')} |"
         )
     lines.append("")
     for name, s in results["ratios"].items():
         each = ", ".join(f"{x:.2f}" for x in s["runs"])
-        lines.append(f"samples/s {name}: {_cell(s, '.2f')}x (runs: {each})")
+        lines.append(f"samples/s {name}: {median_range(s, '.2f')}x (runs: {each})")
     peaks = results["matmul_peaks"]
     lines += [
         f"matmul peaks (torch.mm 2048x2048, {results['threads']} threads, best sample of each "

@@ -192,3 +192,20 @@ def test_a_fresh_start_refuses_an_earlier_run_and_overwrite_replaces_it(
     assert not torch.equal(prompt_of(out / "best"), old_best)
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps and max(steps) == 2  # the earlier run's lines are gone
+
+
+def test_without_validation_best_is_the_last_step_also_after_a_resume(
+    tiny_models, toy_data, tmp_path
+):
+    out = tmp_path / "run"
+
+    def config(steps):
+        cfg = make_config(tiny_models["llama"], toy_data, out, max_steps=steps, save_steps=2)
+        return build_config({**cfg.model_dump(mode="json"), "data": {
+            **cfg.data.model_dump(mode="json"), "validation": False}})  # fmt: skip
+
+    train(config(2))
+    assert torch.equal(prompt_of(out / "best"), prompt_of(out / "checkpoint-2"))
+    train(config(4), resume="auto")  # more steps than the run that wrote best/
+    assert torch.equal(prompt_of(out / "best"), prompt_of(out / "checkpoint-4"))
+    assert not torch.equal(prompt_of(out / "best"), prompt_of(out / "checkpoint-2"))

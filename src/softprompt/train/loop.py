@@ -291,7 +291,9 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
 def finish(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
     """best/, the test split with the best adapters, all_results.json."""
     state, run_dir = run.state, run.run_dir
-    if run.main and not (run_dir / "best").exists():
+    # Without an evaluation that chose it, best/ is the last step's state: also after a
+    # resume that trained further than the run that first wrote it.
+    if run.main and (state.best_metric is None or not (run_dir / "best").exists()):
         replace_dir_atomically(run_dir / "best", run.save_adapters)
     run.accelerator.wait_for_everyone()  # best/ is complete before any process reads it
     per_tuner, trainable, total = run.tuners.count_parameters()
