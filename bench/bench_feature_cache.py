@@ -39,7 +39,7 @@ from softprompt.backbones.vision_base import VisionSettings  # noqa: E402
 from softprompt.data.batching import epoch_batches  # noqa: E402
 from softprompt.data.records import VisionExample  # noqa: E402
 from softprompt.data.vision import load_vision_examples  # noqa: E402
-from softprompt.tasks import VisionTask  # noqa: E402
+from softprompt.tasks.kinds import VisionTask  # noqa: E402
 from softprompt.tuners.prompt_tuning.model import SoftPrompt  # noqa: E402
 
 THREADS, SEED, BATCH, NUM_VIRTUAL_TOKENS = 2, 0, 16, 10

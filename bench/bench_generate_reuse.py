@@ -33,10 +33,11 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-from softprompt.config import load_config  # noqa: E402
-from softprompt.evaluate import evaluate  # noqa: E402
-from softprompt.runtime import backbone_from_config, encode_settings, load_split  # noqa: E402
-from softprompt.tasks import task_from_config  # noqa: E402
+from softprompt.config.run import load_config  # noqa: E402
+from softprompt.inference.evaluate import evaluate  # noqa: E402
+from softprompt.backbones.from_config import backbone_from_config, encode_settings
+from softprompt.data.splits import load_split  # noqa: E402
+from softprompt.tasks.kinds import task_from_config  # noqa: E402
 from softprompt.tuners.tuner_set import TunerSet  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "easyvqa_effnet_smollm2.yaml"

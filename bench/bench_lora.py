@@ -219,7 +219,7 @@ def main() -> None:
     if args.rounds < 3 and not args.quick:
         parser.error("--rounds must be >= 3")
 
-    from softprompt.backbones.base import input_lengths
+    from softprompt.data.batching import input_lengths
     from softprompt.tuners.lora.config import LoraSettings
 
     started = time.perf_counter()

@@ -36,10 +36,10 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 from softprompt.backbones.feature_cache import FeatureCache  # noqa: E402
-from softprompt.config import load_config  # noqa: E402
+from softprompt.config.run import load_config  # noqa: E402
 from softprompt.data.records import VisionExample  # noqa: E402
 from softprompt.data.vision import load_vision_examples  # noqa: E402
-from softprompt.loaded import LoadedModel  # noqa: E402
+from softprompt.inference.loaded import LoadedModel  # noqa: E402
 from softprompt.train.loop import train  # noqa: E402
 
 THREADS, BATCH = 2, 16

@@ -18,7 +18,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from softprompt.backbones.base import input_lengths  # noqa: E402
+from softprompt.data.batching import input_lengths  # noqa: E402
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from softprompt.cli import _setup_logging
-from softprompt.config import load_config
-from softprompt.report.baseline import run_baseline
-from softprompt.report.build import write_report
+from softprompt.commands.cli import _setup_logging
+from softprompt.config.run import load_config
+from softprompt.workflows.report.baseline import run_baseline
+from softprompt.workflows.report.build import write_report
 from softprompt.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent

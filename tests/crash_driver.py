@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import softprompt.train.checkpoint as checkpoint
-from softprompt.cli import main
+from softprompt.commands.cli import main
 
 STEP_PAUSE = float(os.environ.get("CRASH_STEP_PAUSE", "0"))
 WRITE_PAUSE = float(os.environ.get("CRASH_WRITE_PAUSE", "0"))

@@ -13,7 +13,7 @@ from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.blip2 import Blip2Backbone
 from softprompt.backbones.loading import load_backbone
 from softprompt.backbones.vision_base import VisionSettings
-from softprompt.config import ConfigError
+from softprompt.config.run import ConfigError
 from softprompt.data.records import TextExample, VisionExample
 from softprompt.tuners.base import PromptInput
 from softprompt.tuners.prompt_tuning.bank import PromptBank, stack_prompts
@@ -122,8 +122,8 @@ def test_bank_saves_loadable_member_directories(tmp_path: Path, tiny_models):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from softprompt.loaded import LoadedModel
-    from softprompt.tuners.prompt_tuning.io import fingerprint
+    from softprompt.artifacts.prompt_dir import fingerprint
+    from softprompt.inference.loaded import LoadedModel
 
     backbone = load_backbone(str(tiny_models["gpt2"]))
     members = {
@@ -137,7 +137,7 @@ def test_bank_saves_loadable_member_directories(tmp_path: Path, tiny_models):
         "fingerprint": fingerprint(backbone.word_embeddings(), backbone.tokenizer),
         "task": {"type": "text2text"},
     }
-    from softprompt.tuners.bundle import write_bundle
+    from softprompt.artifacts.bundle import write_bundle
 
     write_bundle(tmp_path / "bank", [bank], context, {})
     peft = PeftModel.from_pretrained(

@@ -136,7 +136,7 @@ def test_bf16_resume_is_exact(tiny_models, toy_data, tmp_path):
 
 DRIVER = """
 import sys
-from softprompt.config import build_config
+from softprompt.config.run import build_config
 from softprompt.train.loop import train
 model, train_path, val_path, out = sys.argv[1:]
 for k, bf16 in enumerate([True, False, True]):

@@ -17,7 +17,8 @@ from softprompt.backbones.blip2 import Blip2Backbone, InstructBlipBackbone, Quer
 from softprompt.backbones.vision_base import VisionLanguageBackbone, VisionSettings
 from softprompt.data.images import load_image
 from softprompt.data.records import VisionExample
-from softprompt.tuners.prompt_tuning import PromptTuningConfig, SoftPrompt
+from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
+from softprompt.tuners.prompt_tuning.model import SoftPrompt
 
 ENC = EncodeSettings(max_input_length=64, max_target_length=8)
 QUESTION = "what color is it"

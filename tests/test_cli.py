@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import write_jsonl
 
-from softprompt.cli import main
+from softprompt.commands.cli import main
 
 
 @pytest.fixture

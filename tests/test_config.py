@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from softprompt.config import (
+from softprompt.config.run import (
     ConfigError,
     build_config,
     config_reference_markdown,

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from softprompt.cli import main
-from softprompt.config import (
+from softprompt.commands.cli import main
+from softprompt.config.run import (
     LEGACY_KEYS,
     ConfigError,
     RunConfig,

@@ -18,8 +18,8 @@ import torch
 import yaml
 from conftest import toy_task, write_jsonl
 
-from softprompt.cli import main
-from softprompt.config import load_config
+from softprompt.commands.cli import main
+from softprompt.config.run import load_config
 from softprompt.train.checkpoint import find_latest_checkpoint, validate_checkpoint
 from softprompt.train.interrupt import DeferredInterrupt, StopRequested
 from softprompt.train.loop import train

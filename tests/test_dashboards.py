@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tqdm.auto import tqdm
 
-from softprompt.config import ConfigError, build_config
+from softprompt.config.run import ConfigError, build_config
 from softprompt.train.dashboards import (
     eta_seconds,
     format_duration,

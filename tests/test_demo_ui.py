@@ -11,9 +11,9 @@ import yaml
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from softprompt.cli import main  # noqa: E402
-from softprompt.loaded import LoadedModel  # noqa: E402
-from softprompt.ui import DemoSession, build_app, launch  # noqa: E402
+from softprompt.commands.cli import main  # noqa: E402
+from softprompt.inference.loaded import LoadedModel  # noqa: E402
+from softprompt.workflows.ui import DemoSession, build_app, launch  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(180)]
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from test_train import make_config
 from vlm_fixtures import build_tiny_clip, colour_images
 
-from softprompt.config import build_config
+from softprompt.config.run import build_config
 from softprompt.train.loop import train
 
 COMPARED = ("adapter_model.safetensors", "optimizer.safetensors", "scheduler.safetensors")

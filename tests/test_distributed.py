@@ -25,14 +25,15 @@ from conftest import toy_task, write_jsonl
 from safetensors.torch import load_file
 from vlm_fixtures import build_tiny_clip, colour_images
 
+from softprompt.artifacts.prompt_dir import save_prompt
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
-from softprompt.cli import main
-from softprompt.config import load_config
+from softprompt.commands.cli import main
+from softprompt.config.run import load_config
 from softprompt.data.batching import position_in_epoch, split_step
 from softprompt.data.text import load_text_examples
-from softprompt.evaluate import WHOLE_SET, EvalShard, evaluate, fixed_prompt
-from softprompt.tasks import TextTask
+from softprompt.inference.evaluate import WHOLE_SET, EvalShard, evaluate, fixed_prompt
+from softprompt.tasks.kinds import TextTask
 from softprompt.train.checkpoint import (
     TrainState,
     find_latest_checkpoint,
@@ -43,7 +44,6 @@ from softprompt.train.checkpoint import (
 from softprompt.train.launch import accelerate_launch_command
 from softprompt.train.loop import train
 from softprompt.train.parallel import micro_batches
-from softprompt.tuners.prompt_tuning.io import save_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"

@@ -13,9 +13,9 @@ from vlm_fixtures import build_vlm, colour_images
 
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
-from softprompt.cli import main
+from softprompt.commands.cli import main
 from softprompt.data.records import TextExample
-from softprompt.loaded import LoadedModel
+from softprompt.inference.loaded import LoadedModel
 from softprompt.tuners.base import PromptInput
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,7 +134,7 @@ def test_compare_writes_the_method_table(tiny_models, toy_data, tmp_path, capsys
 
 
 def test_eval_and_predict_use_the_machines_accelerator(monkeypatch):
-    from softprompt import loaded as loaded_module
+    from softprompt.inference import loaded as loaded_module
 
     accelerator = torch.accelerator
     monkeypatch.setattr(accelerator, "is_available", lambda: True)

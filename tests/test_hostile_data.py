@@ -22,7 +22,7 @@ from conftest import toy_task, write_jsonl
 from PIL import Image
 from vlm_fixtures import build_tiny_clip, colour_images
 
-from softprompt.cli import main
+from softprompt.commands.cli import main
 from softprompt.data.errors import DataError
 from softprompt.data.images import ImageError, image_digest, load_image
 from softprompt.data.text import load_text_examples

@@ -9,14 +9,14 @@ import pytest
 import torch
 import yaml
 
+from softprompt.artifacts.prompt_dir import PromptLoadError, fingerprint
 from softprompt.backbones.loading import load_backbone
-from softprompt.cli import main
-from softprompt.inspect_prompt import format_report, inspect_prompt
+from softprompt.commands.cli import main
 from softprompt.train.run_files import INITIAL_PROMPT_FILE, save_initial_prompt
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
-from softprompt.tuners.prompt_tuning.io import PromptLoadError, fingerprint
 from softprompt.tuners.prompt_tuning.tuner import PromptTuner
 from softprompt.tuners.tuner_set import TunerSet
+from softprompt.workflows.inspect_prompt import format_report, inspect_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

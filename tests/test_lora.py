@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM
 
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
-from softprompt.cli import main
-from softprompt.config import ConfigError, build_config
+from softprompt.commands.cli import main
+from softprompt.config.run import ConfigError, build_config
 from softprompt.data.records import TextExample
-from softprompt.loaded import LoadedModel
+from softprompt.inference.loaded import LoadedModel
 from softprompt.train.loop import train
 from softprompt.tuners.base import PromptInput
 from softprompt.tuners.lora.config import LoraSettings

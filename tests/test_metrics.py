@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from softprompt import metrics as m
+from softprompt.tasks import metrics as m
 from softprompt.data.records import VisionExample
 
 
@@ -152,7 +152,7 @@ def test_cider_hand_worked_and_ordering() -> None:
 
 
 def test_vqa_task_reports_consensus_accuracy_only_for_annotator_sets() -> None:
-    from softprompt.tasks import VisionTask, task_metrics
+    from softprompt.tasks.kinds import VisionTask, task_metrics
 
     task = VisionTask(type="vqa", template="Question: {question} Answer:")
     record = [{"prediction": "two"}]

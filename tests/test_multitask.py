@@ -11,12 +11,12 @@ import torch
 import yaml
 from conftest import toy_task, write_jsonl
 
-from softprompt.cli import main
-from softprompt.config import ConfigError, load_config
-from softprompt.ensemble import mean_probabilities
-from softprompt.multitask import mix_indices
-from softprompt.tuners.bundle import read_bundle
-from softprompt.tuners.prompt_tuning.io import load_prompt
+from softprompt.artifacts.bundle import read_bundle
+from softprompt.artifacts.prompt_dir import load_prompt
+from softprompt.commands.cli import main
+from softprompt.config.run import ConfigError, load_config
+from softprompt.data.mixing import mix_indices
+from softprompt.inference.ensemble import mean_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,10 +10,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from softprompt.artifacts.prompt_dir import fingerprint, save_prompt
 from softprompt.backbones.loading import load_backbone
-from softprompt.cli import main
+from softprompt.commands.cli import main
 from softprompt.paths import UnsafeNameError, is_inside, resolve_prompt_name, resolve_under
-from softprompt.tuners.prompt_tuning.io import fingerprint, save_prompt
 
 
 @pytest.fixture(scope="module")

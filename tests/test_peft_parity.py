@@ -8,16 +8,16 @@ from conftest import toy_task
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from softprompt.backbones.base import EncodeSettings
-from softprompt.backbones.loading import load_backbone
-from softprompt.data.records import TextExample
-from softprompt.tuners.base import PromptInput
-from softprompt.tuners.prompt_tuning.io import (
+from softprompt.artifacts.prompt_dir import (
     check_compatible,
     fingerprint,
     load_prompt,
     save_prompt,
 )
+from softprompt.backbones.base import EncodeSettings
+from softprompt.backbones.loading import load_backbone
+from softprompt.data.records import TextExample
+from softprompt.tuners.base import PromptInput
 
 P = 6
 

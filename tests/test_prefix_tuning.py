@@ -14,22 +14,22 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
+from softprompt.artifacts.peft_files import PeftFileError
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.blip2 import Blip2Backbone, InstructBlipBackbone
 from softprompt.backbones.composed import ComposedVLMBackbone
 from softprompt.backbones.embedded import resolve_embedded
 from softprompt.backbones.loading import load_backbone
+from softprompt.backbones.splice import IGNORE_INDEX
 from softprompt.backbones.text_common import greedy_config
 from softprompt.backbones.vision_base import VisionSettings
-from softprompt.cli import main
-from softprompt.config import ConfigError, build_config
+from softprompt.commands.cli import main
+from softprompt.config.run import ConfigError, build_config
 from softprompt.data.records import TextExample, VisionExample
-from softprompt.loaded import LoadedModel
+from softprompt.inference.loaded import LoadedModel
 from softprompt.tuners.base import PromptInput
-from softprompt.tuners.peft_files import PeftFileError
 from softprompt.tuners.prefix_tuning.config import PrefixTuningSettings
 from softprompt.tuners.prefix_tuning.tuner import PrefixTuner, peft_config
-from softprompt.tuners.splice import IGNORE_INDEX
 from softprompt.tuners.tuner_set import TunerSet
 
 ROWS = [
@@ -417,7 +417,7 @@ def test_smollm2_prefix_matches_peft(tmp_path, one_thread):
 def test_a_peft_prefix_directory_loads_as_a_model(tiny_models, tmp_path):
     """`eval/predict --prompt DIR` on a prefix PEFT saved: the base model it names, its
     prefix on, PEFT's scores."""
-    from softprompt.loaded import LoadedModel
+    from softprompt.inference.loaded import LoadedModel
 
     path = tiny_models["llama"]
     torch.manual_seed(4)

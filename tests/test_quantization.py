@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from softprompt.tuners.lora.quantization import (
+from softprompt.backbones.quantization import (
     bnb_config,
     keep_4bit_trainable,
     quantization_support,

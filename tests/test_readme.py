@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from softprompt.cli import build_parser, main
-from softprompt.config import load_config
+from softprompt.commands.cli import build_parser, main
+from softprompt.config.run import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -17,24 +17,24 @@ from peft import PeftModel, PromptEncoder, PromptEncoderConfig
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from softprompt.backbones.base import EncodeSettings
-from softprompt.backbones.loading import load_backbone
-from softprompt.cli import main
-from softprompt.compare import METHODS
-from softprompt.config import ConfigError, build_config
-from softprompt.data.records import TextExample
-from softprompt.tuners.base import trainable_parameters
-from softprompt.tuners.bundle import read_bundle
-from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
-from softprompt.tuners.prompt_tuning.io import (
+from softprompt.artifacts.bundle import read_bundle
+from softprompt.artifacts.prompt_dir import (
     ENCODER_FILE,
     PromptLoadError,
     fingerprint,
     load_prompt,
 )
+from softprompt.backbones.base import EncodeSettings
+from softprompt.backbones.loading import load_backbone
+from softprompt.commands.cli import main
+from softprompt.config.run import ConfigError, build_config
+from softprompt.data.records import TextExample
+from softprompt.tuners.base import trainable_parameters
+from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
 from softprompt.tuners.prompt_tuning.model import SoftPrompt
 from softprompt.tuners.prompt_tuning.reparam import ResidualEncoder, build_encoder
 from softprompt.tuners.prompt_tuning.tuner import PromptTuner, load_saved_prompt
+from softprompt.workflows.compare import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from vlm_fixtures import build_tiny_clip, colour_images
 
-from softprompt.cli import main
-from softprompt.report.data import format_number, read_jsonl
-from softprompt.report.examples import MAX_EXAMPLES, answer_groups, select_examples
+from softprompt.commands.cli import main
+from softprompt.workflows.report.data import format_number, read_jsonl
+from softprompt.workflows.report.examples import MAX_EXAMPLES, answer_groups, select_examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,7 +215,7 @@ def test_report_files_and_figures(reported_run):
 
 def test_report_shows_prompt_inspection_or_why_not(reported_run, tmp_path, monkeypatch):
     run = reported_run["run"]
-    fake = types.ModuleType("softprompt.inspect_prompt")
+    fake = types.ModuleType("softprompt.workflows.inspect_prompt")
 
     def inspect_prompt(prompt_dir, top_k=5, backbone=None):
         assert Path(prompt_dir) == run / "best" and top_k == 5
@@ -226,7 +226,7 @@ def test_report_shows_prompt_inspection_or_why_not(reported_run, tmp_path, monke
         }
 
     fake.inspect_prompt = inspect_prompt
-    monkeypatch.setitem(sys.modules, "softprompt.inspect_prompt", fake)
+    monkeypatch.setitem(sys.modules, "softprompt.workflows.inspect_prompt", fake)
     page = tmp_path / "a" / "report.html"
     assert main(["report", str(run), "--output", str(page), "--no-progress"]) == 0
     text = page.read_text()
@@ -282,7 +282,7 @@ def test_large_evaluation_page_stays_capped(tmp_path):
 
 
 def test_selection_puts_changed_answers_first(tmp_path):
-    from softprompt.report.data import pair_records
+    from softprompt.workflows.report.data import pair_records
 
     tuned = [{"id": str(i), "references": ["a"], "prediction": "a"} for i in range(500)]
     base = [{**r, "prediction": "b" if i < 30 else "a"} for i, r in enumerate(tuned)]
@@ -356,7 +356,7 @@ def test_model_output_is_escaped_in_page_and_figures(tmp_path):
 
 def test_bank_run_gets_per_task_rows_and_missing_files_are_tolerated(tmp_path):
     """A run over two tasks with only all_results.json: per-task rows, no examples."""
-    from softprompt.report.data import split_tasks
+    from softprompt.workflows.report.data import split_tasks
 
     run = tmp_path / "bank"
     run.mkdir()

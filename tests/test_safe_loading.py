@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import get_scheduler
 
+from softprompt.artifacts.prompt_dir import PromptLoadError, load_prompt, save_prompt
 from softprompt.train.checkpoint import (
     STATE_FILE,
     CheckpointError,
@@ -24,7 +25,6 @@ from softprompt.train.checkpoint import (
     validate_checkpoint,
 )
 from softprompt.train.state_files import StateFileError, load_state, save_state
-from softprompt.tuners.prompt_tuning.io import PromptLoadError, load_prompt, save_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("src", "bench", "demo", "tools")
@@ -186,7 +186,7 @@ def test_checkpoint_written_before_safetensors_state_still_loads(run_dir):
     files = payload["files"]
     for name in ("optimizer", "scheduler"):
         del files[f"{name}.safetensors"]
-    from softprompt.tuners.prompt_tuning.io import sha256_file
+    from softprompt.artifacts.prompt_dir import sha256_file
 
     files.update({f"{n}.pt": sha256_file(legacy / f"{n}.pt") for n in ("optimizer", "scheduler")})
     del payload["samples_in_epoch"], payload["examples_per_step"]

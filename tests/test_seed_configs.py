@@ -19,7 +19,7 @@ from conftest import toy_task, write_jsonl
 from safetensors.torch import load_file
 from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
-from softprompt.config import RunConfig, build_config, load_config
+from softprompt.config.run import RunConfig, build_config, load_config
 from softprompt.train.loop import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

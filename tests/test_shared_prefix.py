@@ -9,8 +9,8 @@ from test_composed import build, examples, images, tiny_clip  # noqa: F401  (fix
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.causal_lm import CausalLMBackbone
 from softprompt.backbones.loading import load_backbone
+from softprompt.backbones.splice import shared_prompt_length
 from softprompt.data.records import TextExample
-from softprompt.tuners.splice import shared_prompt_length
 
 ENC = EncodeSettings(max_input_length=32, max_target_length=8)
 

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import yaml
 
-from softprompt import sweep as sweep_module
-from softprompt.cli import main
-from softprompt.config import ConfigError
-from softprompt.sweep import (
+from softprompt.workflows import sweep as sweep_module
+from softprompt.commands.cli import main
+from softprompt.config.run import ConfigError
+from softprompt.workflows.sweep import (
     Axis,
     check_cells,
     default_output_dir,

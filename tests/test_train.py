@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from softprompt.config import ConfigError, build_config
+from softprompt.config.run import ConfigError, build_config
 from softprompt.train.checkpoint import (
     CheckpointError,
     find_latest_checkpoint,

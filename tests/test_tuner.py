@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from softprompt.backbones.loading import load_backbone
-from softprompt.tuners.prompt_tuning import PromptTuningConfig, SoftPrompt
-from softprompt.tuners.splice import IGNORE_INDEX, splice_prompt
+from softprompt.backbones.splice import IGNORE_INDEX, splice_prompt
+from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
+from softprompt.tuners.prompt_tuning.model import SoftPrompt
 
 
 def test_splice_shapes_mask_and_labels():
@@ -63,7 +64,7 @@ def test_init_methods(tiny_models):
 
 
 def test_generation_inputs_are_left_aligned():
-    from softprompt.tuners.splice import assemble_inputs
+    from softprompt.backbones.splice import assemble_inputs
 
     prefix = torch.full((2, 2, 1), 9.0)
     prompt = torch.full((2, 1, 1), 7.0)

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
-from softprompt.cli import main
+from softprompt.commands.cli import main
 
 # Tiny models on a shared 2-core machine run fastest on one thread (see conftest).
 pytestmark = pytest.mark.usefixtures("one_thread")

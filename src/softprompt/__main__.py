@@ -1,3 +1,3 @@
-from softprompt.cli import main
+from softprompt.commands.cli import main
 
 raise SystemExit(main())

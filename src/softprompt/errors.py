@@ -1,21 +1,23 @@
-"""The errors that mean "the user's input is wrong" (the CLI prints them without a traceback)."""
+"""The base class of errors that mean "the user's input is wrong".
+
+This module imports nothing of the project, so every layer can subclass `UserError`.
+The CLI prints a `UserError` (or one of the OS errors below) as one line, without a
+traceback; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-from softprompt.backbones.loading import ModelLoadError
-from softprompt.config import ConfigError
-from softprompt.data.errors import DataError
-from softprompt.paths import UnsafeNameError
-from softprompt.train.checkpoint import CheckpointError
-from softprompt.tuners.prompt_tuning.io import PromptLoadError
 
+class UserError(ValueError):
+    """A problem with the user's config, data, model or files; the message says which.
+
+    It is a `ValueError` too, so code that caught `ValueError` before keeps working.
+    """
+
+
+# What the CLI reports as a user's mistake: ours, plus the OS's file errors.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError,
-    DataError,
-    ModelLoadError,
-    PromptLoadError,
-    CheckpointError,
-    UnsafeNameError,
+    UserError,
     FileNotFoundError,
     PermissionError,
     IsADirectoryError,

@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from softprompt.errors import UserError
+
 # One path segment: letters (any script), digits, and . _ - + = @. No separators, no
 # spaces or control characters, nothing a shell or a URL would treat specially.
 _SEGMENT_RE = re.compile(r"[\w.+=@-]+")
@@ -21,7 +23,7 @@ MAX_SEGMENTS = 8
 _ALLOWED = "letters, digits and . _ - + = @, separated by '/'"
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(UserError):
     """A name that could point outside its root, or that is not a valid name at all."""
 
 

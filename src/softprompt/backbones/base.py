@@ -70,10 +70,3 @@ def freeze(model: nn.Module) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     return model
-
-
-def input_lengths(examples: list[TextExample], tokenizer) -> list[int]:
-    """Approximate token lengths (input + target), used for length bucketing."""
-    texts = [e.input + " " + (e.target or "") for e in examples]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [len(ids) for ids in encoded]

@@ -11,6 +11,7 @@ from transformers import AutoConfig
 from softprompt.backbones.base import BACKBONES, Backbone
 from softprompt.backbones.embedded import resolve_embedded
 from softprompt.backbones.vision_base import VisionSettings
+from softprompt.errors import UserError
 
 VISION_FAMILIES = ("composed", "blip2", "instructblip")
 # Composed VLMs that ship inside packages: name -> (vision encoder, language model).
@@ -29,7 +30,7 @@ logger = logging.getLogger("softprompt")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """The model could not be found or is of an unsupported kind."""
 
 
@@ -97,7 +98,7 @@ def load_backbone(
         kwargs["quantization_config"] = _quantization(quantization_bit, family, dtype)
     backbone = cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     if quantization_bit:
-        from softprompt.tuners.lora.quantization import keep_4bit_trainable
+        from softprompt.backbones.quantization import keep_4bit_trainable
 
         keep_4bit_trainable(backbone.model)
     return backbone
@@ -105,7 +106,7 @@ def load_backbone(
 
 def _quantization(bits: int, family: str, dtype: str):
     """bitsandbytes settings for QLoRA, refusing families it cannot load that way."""
-    from softprompt.tuners.lora.quantization import bnb_config
+    from softprompt.backbones.quantization import bnb_config
 
     if family == "composed":
         raise ModelLoadError(

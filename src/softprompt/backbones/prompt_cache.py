@@ -48,9 +48,9 @@ from torch import nn
 from transformers import DynamicCache, GenerationConfig
 from transformers.cache_utils import DynamicLayer
 
-from softprompt.tuners.base import PromptInput
-from softprompt.tuners.prefix_tuning.cache import PrefixHook
-from softprompt.tuners.splice import as_prompt_input, prompt_groups
+from softprompt.backbones.prefix_cache import PrefixHook
+from softprompt.backbones.prompt_input import PromptInput
+from softprompt.backbones.splice import as_prompt_input, prompt_groups
 
 # Prompts kept per model: a bank's prompts all fit; each entry is layers x 2 x (1, H, P, d).
 MAX_ENTRIES = 16

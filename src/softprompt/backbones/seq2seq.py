@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM
 
 from softprompt.backbones.base import BACKBONES, EncodeSettings
+from softprompt.backbones.splice import IGNORE_INDEX
 from softprompt.backbones.text_common import TextBackboneBase, pad_batch
 from softprompt.data.records import TextExample
-from softprompt.tuners.splice import IGNORE_INDEX
 
 
 @BACKBONES.register("seq2seq")

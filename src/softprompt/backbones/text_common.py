@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from softprompt.backbones.base import freeze
 from softprompt.backbones.prompt_cache import PromptKVCache
-from softprompt.tuners.splice import assemble_inputs, prompt_groups
+from softprompt.backbones.splice import assemble_inputs, prompt_groups
 
 logger = logging.getLogger("softprompt")
 

@@ -61,7 +61,7 @@ def zero_shot_eval(args: argparse.Namespace) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text, encoding="utf-8")
     if args.predictions:
-        from softprompt.report.baseline import predictions_file
+        from softprompt.workflows.report.baseline import predictions_file
 
         for split in ("val", "test"):
             if split in results:
@@ -75,8 +75,8 @@ def zero_shot_eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, output_dir: str | None):
     """(results, baseline directory); results None when the config has no labelled data."""
-    from softprompt.config import load_config
-    from softprompt.report.baseline import baseline_dir, run_baseline
+    from softprompt.config.run import load_config
+    from softprompt.workflows.report.baseline import baseline_dir, run_baseline
 
     config = load_config(args.config, args.overrides)
     out = Path(output_dir) if output_dir else baseline_dir(config)

@@ -52,14 +52,14 @@ def _cmd_demo_ui(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from softprompt.ui import DemoSession, build_app, is_loopback, launch
+    from softprompt.workflows.ui import DemoSession, build_app, is_loopback, launch
 
     if not is_loopback(args.host):
         print(
             f"--host {args.host}: the demo UI serves only this machine (127.0.0.1)", file=sys.stderr
         )
         return 2
-    from softprompt.loaded import LoadedModel
+    from softprompt.inference.loaded import LoadedModel
 
     loaded = LoadedModel.from_bundle(prompt, model=args.model, max_new_tokens=args.max_new_tokens)
     session = DemoSession(loaded, name=str(prompt), max_new_tokens=args.max_new_tokens)

@@ -22,7 +22,7 @@ def add_command(sub) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from softprompt.inspect_prompt import format_report, inspect_prompt
+    from softprompt.workflows.inspect_prompt import format_report, inspect_prompt
 
     if args.top_k < 1:
         print(f"--top-k must be at least 1 (got {args.top_k})", file=sys.stderr)

@@ -23,7 +23,7 @@ def add_command(sub) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from softprompt.report.build import write_report
+    from softprompt.workflows.report.build import write_report
 
     paths = write_report(
         args.run_dir, baseline=args.baseline, output=args.output, progress=not args.no_progress

@@ -38,7 +38,7 @@ def add_command(sub) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from softprompt.sweep import default_output_dir, markdown, sweep
+    from softprompt.workflows.sweep import default_output_dir, markdown, sweep
 
     if args.output_dir is not None:
         out = Path(args.output_dir)

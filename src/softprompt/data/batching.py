@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from softprompt.data.records import TextExample
+
 # Examples are sorted by length inside windows of this many batches: padding falls
 # sharply while the batch order stays random (the same idea as transformers'
 # LengthGroupedSampler).
@@ -71,3 +73,10 @@ def position_in_epoch(batches: list[list[int]], samples_done: int) -> int:
             return index
         seen += len(batch)
     return len(batches)
+
+
+def input_lengths(examples: list[TextExample], tokenizer) -> list[int]:
+    """Approximate token lengths (input + target), used for length bucketing."""
+    texts = [e.input + " " + (e.target or "") for e in examples]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [len(ids) for ids in encoded]

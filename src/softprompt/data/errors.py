@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from softprompt.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A data file or data source cannot be read as configured.
 
     Subclasses `ValueError` so callers that already catch bad values keep working.

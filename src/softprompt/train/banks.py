@@ -13,18 +13,18 @@ data is read and collated once), and evaluation reports each member
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from softprompt.config import ConfigError, RunConfig
-from softprompt.ensemble import evaluate_ensemble
-from softprompt.evaluate import evaluate
-from softprompt.multitask import TaskSpec, mix_indices, task_specs
-from softprompt.runtime import load_split, load_split_with_info
-from softprompt.tasks import Task, VisionTask, task_from_config
+from softprompt.config.multitask import TaskSpec, task_specs
+from softprompt.config.run import ConfigError, RunConfig
+from softprompt.data.mixing import mix_indices
+from softprompt.data.splits import load_split, load_split_with_info
+from softprompt.inference.ensemble import evaluate_ensemble
+from softprompt.inference.evaluate import evaluate, mean_over
+from softprompt.tasks.kinds import Task, VisionTask, task_from_config
 from softprompt.train.run_files import prompt_task_record
 
 logger = logging.getLogger("softprompt")
@@ -118,25 +118,6 @@ def test_examples(views: list[TaskView]) -> list[tuple[int, Any]]:
         d = config.data
         if d.test_path or (d.train_path and d.train_path.startswith("builtin:")):
             out.extend((view.index, e) for e in load_split(config, "test"))
-    return out
-
-
-def mean_over(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per-part metrics flattened (`<part>_<metric>`) plus the mean of each numeric
-    metric every part has (`num_samples`: the sum)."""
-    out: dict[str, Any] = {}
-    for name, metrics in parts.items():
-        out.update({f"{name}_{k}": v for k, v in metrics.items()})
-    common = set.intersection(*(set(m) for m in parts.values())) if parts else set()
-    for key in sorted(common):
-        values = [m[key] for m in parts.values()]
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            continue
-        if key == "num_samples":
-            out[key] = sum(values)
-        else:
-            finite = [v for v in values if not math.isnan(v)]
-            out[key] = sum(finite) / len(finite) if finite else math.nan
     return out
 
 

@@ -33,9 +33,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from softprompt.artifacts.prompt_dir import WEIGHTS_FILE, sha256_file
+from softprompt.errors import UserError
 from softprompt.paths import UnsafeNameError, check_name, is_inside
 from softprompt.train.state_files import StateFileError, load_state, save_state
-from softprompt.tuners.prompt_tuning.io import WEIGHTS_FILE, sha256_file
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -55,7 +56,7 @@ _WRITING, _DELETING, _SET_ASIDE = ".tmp-", ".del-", ".old-"
 logger = logging.getLogger("softprompt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing, incomplete or damaged."""
 
 

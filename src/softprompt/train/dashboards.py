@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
-from softprompt.config import ConfigError
+from softprompt.config.run import ConfigError
 from softprompt.registry import Registry
 
 logger = logging.getLogger("softprompt")

@@ -22,12 +22,14 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from softprompt.artifacts.bundle import read_bundle
+from softprompt.backbones.splice import IGNORE_INDEX
 from softprompt.backbones.vision_base import move_batch
-from softprompt.config import ConfigError, RunConfig
+from softprompt.config.run import ConfigError, RunConfig
 from softprompt.data.batching import epoch_batches, position_in_epoch
-from softprompt.evaluate import EvalShard, evaluate
-from softprompt.predict import write_records
-from softprompt.runtime import load_split
+from softprompt.data.splits import load_split
+from softprompt.inference.evaluate import EvalShard, evaluate
+from softprompt.inference.predict_io import write_records
 from softprompt.train.banks import evaluate_members, evaluate_tasks
 from softprompt.train.banks import test_examples as tagged_test_examples
 from softprompt.train.checkpoint import prune_checkpoints, rng_state, save_checkpoint
@@ -36,8 +38,6 @@ from softprompt.train.interrupt import DeferredInterrupt, StopRequested
 from softprompt.train.parallel import global_max, global_sum, micro_batches
 from softprompt.train.run_files import replace_dir_atomically, write_json_atomically
 from softprompt.train.setup import Run, lower_is_better, resolve_resume, setup_run
-from softprompt.tuners.bundle import read_bundle
-from softprompt.tuners.splice import IGNORE_INDEX
 
 logger = logging.getLogger("softprompt")
 

@@ -20,7 +20,7 @@ from accelerate.utils import GradientAccumulationPlugin, get_int_from_env
 from torch import nn
 
 from softprompt.backbones.base import Backbone
-from softprompt.config import ConfigError, TrainingConfig
+from softprompt.config.run import ConfigError, TrainingConfig
 from softprompt.data.batching import split_step
 from softprompt.tuners.tuner_set import TunerSet
 

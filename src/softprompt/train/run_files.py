@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from softprompt.backbones.base import Backbone
-from softprompt.config import RunConfig
-from softprompt.runtime import task_record, vision_settings
-from softprompt.tasks import VisionTask
+from softprompt.backbones.from_config import vision_settings
+from softprompt.config.run import RunConfig
+from softprompt.tasks.kinds import VisionTask, task_record
 from softprompt.train.dashboards import open_dashboards
 
 # The soft prompt before training (see `save_initial_prompt`).

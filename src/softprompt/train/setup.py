@@ -18,15 +18,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
+from softprompt.artifacts.bundle import read_bundle
+from softprompt.artifacts.prompt_dir import fingerprint
 from softprompt.backbones.base import EncodeSettings
-from softprompt.config import ConfigError, RunConfig, TrainingConfig, save_config
-from softprompt.runtime import (
-    backbone_from_config,
-    encode_settings,
-    load_split,
-    load_split_with_info,
-)
-from softprompt.tasks import Task, VisionTask, task_from_config
+from softprompt.backbones.from_config import backbone_from_config, encode_settings
+from softprompt.config.run import ConfigError, RunConfig, TrainingConfig, save_config
+from softprompt.data.splits import load_split, load_split_with_info
+from softprompt.tasks.kinds import Task, VisionTask, task_from_config
 from softprompt.train.banks import bank_records, load_multitask_data
 from softprompt.train.checkpoint import TrainState, find_latest_checkpoint, load_checkpoint
 from softprompt.train.parallel import TrainableParts, make_accelerator
@@ -38,9 +36,7 @@ from softprompt.train.run_files import (
     save_context,
     save_initial_prompt,
 )
-from softprompt.tuners.bundle import read_bundle
 from softprompt.tuners.prompt_tuning.bank import PromptBank
-from softprompt.tuners.prompt_tuning.io import fingerprint
 from softprompt.tuners.tuner_set import TunerSet
 
 logger = logging.getLogger("softprompt")

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from softprompt.config import ConfigError
+from softprompt.config.run import ConfigError
 from softprompt.tuners.base import TUNERS
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from softprompt.config import ConfigError
+from softprompt.artifacts.bundle import Bundle, write_bundle
+from softprompt.config.run import ConfigError
 from softprompt.tuners.base import TUNERS, PromptInput, Tuner, trainable_parameters
-from softprompt.tuners.bundle import Bundle, write_bundle
 
 logger = logging.getLogger("softprompt")
 
@@ -22,6 +22,7 @@ TUNER_ORDER = ("prompt_tuning", "projection", "qformer_prompt", "lora", "full", 
 TUNER_MODULES = (
     "softprompt.tuners.prompt_tuning.tuner",
     "softprompt.tuners.prompt_tuning.bank",
+    "softprompt.tuners.prompt_tuning.build",
     "softprompt.tuners.modules",
     "softprompt.tuners.lora.tuner",
     "softprompt.tuners.full.tuner",

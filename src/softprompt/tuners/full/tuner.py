@@ -15,9 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from softprompt.config import ConfigError
+from softprompt.artifacts.peft_files import PeftFileError
+from softprompt.config.run import ConfigError
 from softprompt.tuners.base import SAVED_TUNERS, TUNERS
-from softprompt.tuners.peft_files import PeftFileError
 
 
 class FullTuner:

@@ -20,10 +20,10 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from safetensors.torch import save_file
 from torch import nn
 
-from softprompt.config import ConfigError
+from softprompt.artifacts.peft_files import PeftFileError, read_adapter_weights
+from softprompt.config.run import ConfigError
 from softprompt.tuners.base import SAVED_TUNERS, TUNERS
 from softprompt.tuners.lora.config import LoraSettings
-from softprompt.tuners.peft_files import PeftFileError, read_adapter_weights
 
 ADAPTER_NAME = "default"
 PEFT_KEY_PREFIX = "base_model.model."

@@ -27,9 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from softprompt.artifacts.peft_files import PeftFileError, read_adapter_weights
+from softprompt.backbones.prefix_cache import PrefixHook, PrefixShape, prefix_shape
 from softprompt.tuners.base import SAVED_TUNERS, TUNERS
-from softprompt.tuners.peft_files import PeftFileError, read_adapter_weights
-from softprompt.tuners.prefix_tuning.cache import PrefixHook, PrefixShape, prefix_shape
 from softprompt.tuners.prefix_tuning.config import PrefixTuningSettings
 
 WEIGHTS_FILE = "adapter_model.safetensors"

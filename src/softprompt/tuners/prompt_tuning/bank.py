@@ -20,24 +20,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from softprompt.config import ConfigError
-from softprompt.tuners.base import SAVED_TUNERS, PromptInput
-from softprompt.tuners.prompt_tuning.io import (
+from softprompt.artifacts.bank import (
+    BANK_FORMAT,
+    MODULES_FILE,
+    is_bank,
+    read_bank_meta,
+)
+from softprompt.artifacts.prompt_dir import (
     META_FILE,
     PromptLoadError,
-    _read_json_object,
     load_prompt,
     sha256_file,
-    verify_manifest_files,
 )
+from softprompt.config.run import ConfigError
+from softprompt.tuners.base import SAVED_TUNERS, PromptInput
 from softprompt.tuners.prompt_tuning.tuner import PromptTuner
-
-BANK_FORMAT = "softprompt-prompt-bank"
-MODULES_FILE = "modules.safetensors"
 
 
 class PromptBank:
@@ -182,53 +182,10 @@ def stack_prompts(vectors: list[torch.Tensor], ids: torch.Tensor) -> PromptInput
     return PromptInput(table, ids.to(table.device), mask)
 
 
-def is_bank(directory: Path) -> bool:
-    meta = Path(directory) / META_FILE
-    if not meta.is_file():
-        return False
-    try:
-        return _read_json_object(meta).get("format") == BANK_FORMAT
-    except PromptLoadError:
-        return False
-
-
-def read_bank_meta(directory: Path) -> dict[str, Any]:
-    """A bank's manifest, its members checked and its files verified.
-
-    Raises:
-        PromptLoadError: a damaged manifest, a member outside the bank, or a file that
-            is missing or was changed after saving.
-    """
-    meta = _read_json_object(Path(directory) / META_FILE)
-    members = meta.get("members")
-    if not isinstance(members, dict) or not members:
-        raise PromptLoadError(f"{directory / META_FILE}: no 'members' listed")
-    for name, entry in members.items():
-        if (
-            not isinstance(entry, dict)
-            or entry.get("path") != name
-            or "/" in name
-            or name in ("", ".", "..")
-        ):
-            raise PromptLoadError(f"{directory / META_FILE}: bad entry for prompt {name!r}")
-    verify_manifest_files(Path(directory), meta, "bank")
-    return meta
-
-
-def read_bank_extras(directory: Path) -> dict[str, torch.Tensor]:
-    path = Path(directory) / MODULES_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return load_file(str(path))
-    except SafetensorError as err:
-        raise PromptLoadError(f"{path}: unreadable ({err})") from None
-
-
 @SAVED_TUNERS.register("prompt_bank")
 def load_saved_bank(backbone, bundle, adapter) -> PromptBank:
     """A saved bank, frozen, on the backbone's device."""
-    from softprompt.tuners.prompt_tuning.io import check_compatible
+    from softprompt.artifacts.prompt_dir import check_compatible
 
     meta = read_bank_meta(adapter.path)
     device = backbone.word_embeddings().device
@@ -243,7 +200,7 @@ def load_saved_bank(backbone, bundle, adapter) -> PromptBank:
 
 def build_bank(config, backbone) -> PromptBank:
     """The bank a config asks for: one prompt per `tasks:` entry, or `ensemble` members."""
-    from softprompt.multitask import task_specs
+    from softprompt.config.multitask import task_specs
 
     pt, t = config.method.prompt_tuning, config.training
     if config.tasks:
@@ -264,7 +221,7 @@ def _task_prompt(spec, backbone, learning_rate: float, seed: int) -> PromptTuner
     pt = spec.config.method.prompt_tuning
     if spec.init_from is None:
         return PromptTuner.for_backbone(pt, backbone, learning_rate, seed)
-    from softprompt.tuners.prompt_tuning.io import check_compatible
+    from softprompt.artifacts.prompt_dir import check_compatible
 
     where = f"tasks[{spec.index}] ({spec.name}).init_from"
     if pt.reparameterize in ("mlp", "lstm"):

@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from softprompt.tuners.base import SAVED_TUNERS, TUNERS, PromptInput
-from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
-from softprompt.tuners.prompt_tuning.io import (
+from softprompt.artifacts.prompt_dir import (
     ENCODER_FILE,
     check_compatible,
     load_prompt,
     save_prompt,
 )
+from softprompt.tuners.base import SAVED_TUNERS, PromptInput
+from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
 from softprompt.tuners.prompt_tuning.model import SoftPrompt
 from softprompt.tuners.prompt_tuning.reparam import build_encoder
 
@@ -154,21 +154,6 @@ class PromptTuner:
                 f"(method.prompt_tuning.reparameterize={kind}, reparameterize_hidden_size="
                 f"{self.config.reparameterize_hidden_size}): {detail}"
             ) from None
-
-
-@TUNERS.register("prompt_tuning")
-def build_prompt_tuner(config, backbone) -> PromptTuner | None:
-    """`method.prompt_tuning` of a run config, when enabled."""
-    pt = config.method.prompt_tuning
-    if not pt.enabled:
-        return None
-    if config.tasks or pt.ensemble > 1:
-        from softprompt.tuners.prompt_tuning.bank import build_bank
-
-        return build_bank(config, backbone)
-    return PromptTuner.for_backbone(
-        pt, backbone, config.training.learning_rate, config.training.seed
-    )
 
 
 @SAVED_TUNERS.register("prompt_tuning")

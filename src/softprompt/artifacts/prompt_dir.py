@@ -1,0 +1,341 @@
+"""Prompt directories: PEFT's on-disk format plus our metadata.
+
+A prompt directory holds `adapter_config.json` and `adapter_model.safetensors` (key
+`prompt_embeddings`) exactly as PEFT writes them, so `PeftModel.from_pretrained` loads
+ours and we load PEFT's. `softprompt.json` beside them records what PEFT has no field
+for: the backbone family, placement, the task the prompt was trained for, and a
+fingerprint of the base model's embedding matrix and tokenizer, so a prompt loaded onto
+the wrong base model fails loudly instead of producing garbage.
+
+A reparameterised prompt (see reparam.py) is saved merged: `prompt_embeddings` is the
+encoder's output, so everything above loads it as a plain prompt. Its unmerged state (raw
+embeddings and encoder weights), which only resuming a run needs, goes beside it in
+`prompt_encoder.safetensors`, checksummed in `softprompt.json` like the other files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PromptTuningConfig as PeftPromptTuningConfig
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from softprompt.errors import UserError
+
+META_FILE = "softprompt.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+ENCODER_FILE = "prompt_encoder.safetensors"
+FORMAT_VERSION = 1
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+class PromptLoadError(UserError):
+    """A prompt directory is missing, damaged, or does not fit the base model."""
+
+
+@dataclass
+class LoadedPrompt:
+    """A prompt read from disk.
+
+    Attributes:
+        weight: (P, D) float32 prompt vectors (encoder prompt only for seq2seq).
+        meta: our metadata, or {} for a prompt PEFT saved.
+        peft_config: the adapter_config.json contents.
+        extra: other tensors saved beside the prompt (trainable projections, ...).
+        encoder_state: a reparameterised prompt's unmerged state (`SoftPrompt.state_dict()`:
+            raw embeddings and encoder weights), or None for a plain prompt.
+    """
+
+    weight: torch.Tensor
+    meta: dict[str, Any]
+    peft_config: dict[str, Any]
+    directory: Path
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoder_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def base_model(self) -> str | None:
+        return self.meta.get("base_model") or self.peft_config.get("base_model_name_or_path")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def fingerprint(word_embeddings: torch.Tensor, tokenizer) -> dict[str, Any]:
+    """Identify a base model by its embedding matrix and tokenizer.
+
+    Hashes ~1k evenly spaced rows rounded to bfloat16, so a model loaded in float32 or
+    bfloat16 gets the same fingerprint, and hashing stays cheap for big vocabularies.
+    """
+    vocab_rows, dim = word_embeddings.shape
+    stride = max(1, vocab_rows // 1024)
+    rows = word_embeddings[::stride].detach().to("cpu", torch.bfloat16).contiguous()
+    emb = hashlib.sha256(f"{vocab_rows}x{dim}".encode())
+    emb.update(rows.view(torch.int16).numpy().tobytes())
+    vocab = sorted(tokenizer.get_vocab().items()) if tokenizer is not None else []
+    tok = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+    return {
+        "embedding": emb.hexdigest()[:16],
+        "tokenizer": tok[:16],
+        "vocab_size": vocab_rows,
+        "hidden_size": dim,
+    }
+
+
+def save_prompt(
+    directory: str | Path,
+    weight: torch.Tensor,
+    *,
+    family: str,
+    base_model: str,
+    fingerprint_info: dict[str, Any],
+    init_method: str = "RANDOM",
+    init_text: str | None = None,
+    placement: str = "prepend",
+    task: dict[str, Any] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+    encoder_state: dict[str, torch.Tensor] | None = None,
+    reparameterize: str = "none",
+) -> Path:
+    """Write a prompt directory.
+
+    Args:
+        weight: (P, D) prompt vectors.
+        family: backbone family of the base model.
+        base_model: the `model.name_or_path` it was trained on.
+        fingerprint_info: `fingerprint(...)` of that base model.
+        task: what the prompt was trained for (type, template, lengths, labels ...), so
+            `predict --prompt DIR` needs nothing else.
+        extra: additional trainable tensors (prefixed names) stored in the same file.
+        encoder_state: a reparameterised prompt's unmerged state, written to
+            `ENCODER_FILE` (then `weight` is the encoder's merged output).
+        reparameterize: the encoder kind (recorded in the metadata).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {"prompt_embeddings": weight.detach().float().cpu().contiguous()}
+    for name, tensor in (extra or {}).items():
+        tensors[name] = tensor.detach().float().cpu().contiguous()
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    peft_config = PeftPromptTuningConfig(
+        task_type=PEFT_TASK_TYPES.get(family, "CAUSAL_LM"),
+        num_virtual_tokens=int(weight.shape[0]),
+        token_dim=int(weight.shape[1]),
+        # One prompt, on the encoder side for seq2seq (PEFT would default to 2 there).
+        num_transformer_submodules=1,
+        prompt_tuning_init="TEXT" if init_method == "TEXT" else "RANDOM",
+        prompt_tuning_init_text=init_text if init_method == "TEXT" else None,
+        tokenizer_name_or_path=base_model if init_method == "TEXT" else None,
+        base_model_name_or_path=base_model,
+    )
+    peft_config.save_pretrained(str(directory))
+    files = [WEIGHTS_FILE, CONFIG_FILE]
+    encoder_path = directory / ENCODER_FILE
+    if encoder_state:
+        state = {k: v.detach().float().cpu().contiguous() for k, v in encoder_state.items()}
+        # One metadata key: safetensors writes several in no fixed order, and checkpoints
+        # of the same run must be byte-identical (the kind is in softprompt.json).
+        save_file(state, str(encoder_path), metadata={"format": "pt"})
+        files.append(ENCODER_FILE)
+    else:
+        # A directory saved into again must not keep a stale encoder beside a new prompt.
+        encoder_path.unlink(missing_ok=True)
+    meta = {
+        "format": "softprompt-prompt",
+        "format_version": FORMAT_VERSION,
+        "family": family,
+        "placement": placement,
+        "num_virtual_tokens": int(weight.shape[0]),
+        "token_dim": int(weight.shape[1]),
+        "base_model": base_model,
+        "fingerprint": fingerprint_info,
+        "task": task or {},
+        "files": {name: sha256_file(directory / name) for name in files},
+    }
+    if encoder_state:
+        meta["reparameterize"] = reparameterize
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return directory
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise PromptLoadError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise PromptLoadError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def load_prompt(directory: str | Path) -> LoadedPrompt:
+    """Read a prompt directory written by softprompt or by PEFT.
+
+    Every file whose checksum `softprompt.json` records is verified first, so a prompt
+    whose weights or config were modified after saving is refused.
+
+    Raises:
+        PromptLoadError: the directory is missing, damaged, tampered with, or not a prompt.
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise PromptLoadError(f"prompt directory not found: {directory}")
+    if not config_path.is_file():
+        raise PromptLoadError(f"{directory} is not a prompt directory (no {CONFIG_FILE})")
+    meta: dict[str, Any] = {}
+    if (directory / META_FILE).is_file():
+        meta = _read_json_object(directory / META_FILE)
+        _verify_checksums(directory, meta)
+    peft_config = _read_json_object(config_path)
+    peft_type = peft_config.get("peft_type")
+    if peft_type != "PROMPT_TUNING":
+        raise PromptLoadError(
+            f"{directory} holds a {peft_type} adapter; a soft prompt needs PROMPT_TUNING"
+        )
+    tensors = read_adapter_weights(directory)
+    full = tensors.pop("prompt_embeddings", None)
+    if full is None:
+        raise PromptLoadError(f"{directory}: no 'prompt_embeddings' tensor in the weights")
+    if full.ndim != 2 or not full.is_floating_point():
+        raise PromptLoadError(
+            f"{directory}: 'prompt_embeddings' must be a 2-D float tensor, got "
+            f"{tuple(full.shape)} {full.dtype}"
+        )
+    declared = peft_config.get("num_virtual_tokens") or full.shape[0]
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise PromptLoadError(f"{config_path}: num_virtual_tokens {declared!r} is not a count")
+    if declared > full.shape[0]:
+        raise PromptLoadError(
+            f"{config_path}: num_virtual_tokens is {declared} but the weights hold "
+            f"{full.shape[0]} vectors"
+        )
+    # PEFT stores encoder and decoder prompts stacked for seq2seq; the encoder one is first.
+    weight = full[:declared].float().clone()
+    encoder_state = _read_encoder_state(directory, meta)
+    return LoadedPrompt(weight, meta, peft_config, directory, tensors, encoder_state)
+
+
+def _read_encoder_state(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The unmerged state of a reparameterised prompt, when its metadata lists one.
+
+    Only a file `softprompt.json` checksums is read (it was verified above); one that
+    appeared in the folder later is not ours and is left alone.
+    """
+    files = meta.get("files")
+    if not isinstance(files, dict) or ENCODER_FILE not in files:
+        return None
+    try:
+        return load_file(str(directory / ENCODER_FILE))
+    except SafetensorError as err:
+        raise PromptLoadError(f"{directory / ENCODER_FILE}: unreadable ({err})") from None
+
+
+def _verify_checksums(directory: Path, meta: dict[str, Any]) -> None:
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
+    for name, expected in files.items():
+        # A plain file name: a damaged or hostile entry must not send us outside the folder.
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise PromptLoadError(f"{directory / META_FILE}: bad file name {name!r}")
+        path = directory / name
+        if not path.is_file():
+            raise PromptLoadError(f"{path}: missing (listed in {META_FILE})")
+        if sha256_file(path) != expected:
+            raise PromptLoadError(
+                f"{path}: checksum does not match {META_FILE}; the file was "
+                "modified or damaged after it was saved"
+            )
+
+
+def verify_manifest_files(directory: Path, meta: dict[str, Any], what: str) -> None:
+    """Check every file a manifest lists (`files`: relative name -> SHA-256).
+
+    Raises:
+        PromptLoadError: a malformed list, a name leading outside `directory`, or a file
+            that is missing or changed since the `what` (bundle, bank) was saved.
+    """
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
+    for name, expected in files.items():
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if any(p in ("", ".", "..") or "\\" in p for p in parts):
+            raise PromptLoadError(f"{directory / META_FILE}: bad file name {name!r}")
+        path = Path(directory).joinpath(*parts)
+        if not path.is_file() or sha256_file(path) != expected:
+            raise PromptLoadError(
+                f"{path}: missing or does not match {META_FILE}; the {what} was modified or "
+                "damaged after it was saved"
+            )
+
+
+def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    safetensors_path = directory / WEIGHTS_FILE
+    if safetensors_path.is_file():
+        try:
+            return load_file(str(safetensors_path))
+        except SafetensorError as err:
+            raise PromptLoadError(f"{safetensors_path}: unreadable ({err})") from None
+    bin_path = directory / "adapter_model.bin"
+    if bin_path.is_file():
+        # Older PEFT prompts; weights_only refuses anything but tensors (no code runs).
+        try:
+            tensors = torch.load(bin_path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+            raise PromptLoadError(f"{bin_path}: unreadable or not plain tensors ({err})") from None
+        if not isinstance(tensors, dict) or not all(
+            isinstance(v, torch.Tensor) for v in tensors.values()
+        ):
+            raise PromptLoadError(f"{bin_path}: expected a dict of tensors")
+        return tensors
+    raise PromptLoadError(f"{directory}: no {WEIGHTS_FILE} (or adapter_model.bin)")
+
+
+def check_compatible(loaded: LoadedPrompt, backbone) -> None:
+    """Fail with a message naming both models when a prompt does not fit the backbone."""
+    trained_on = loaded.base_model or "an unknown base model"
+    dim = int(loaded.weight.shape[1])
+    if dim != backbone.hidden_size:
+        raise PromptLoadError(
+            f"prompt {loaded.directory} was trained on {trained_on} (hidden size {dim}); "
+            f"{backbone.name_or_path} has hidden size {backbone.hidden_size}"
+        )
+    check_base_model(loaded.meta, loaded.directory, backbone)
+
+
+def check_base_model(meta: dict[str, Any], directory: Path, backbone) -> None:
+    """Refuse a saved adapter whose recorded family or base-model fingerprint differs."""
+    trained_on = meta.get("base_model") or "an unknown base model"
+    family = meta.get("family")
+    if family is not None and family != backbone.family:
+        raise PromptLoadError(
+            f"prompt {directory} was trained on a {family} model ({trained_on}); "
+            f"{backbone.name_or_path} is a {backbone.family} model"
+        )
+    expected = meta.get("fingerprint")
+    if expected:
+        actual = fingerprint(backbone.word_embeddings(), backbone.tokenizer)
+        for key in ("embedding", "tokenizer"):
+            if expected.get(key) != actual[key]:
+                raise PromptLoadError(
+                    f"prompt {directory} was trained on {trained_on}, but "
+                    f"{backbone.name_or_path} has a different {key} "
+                    f"({expected.get(key)} vs {actual[key]}); pass --model with the base "
+                    "model it was trained on"
+                )
