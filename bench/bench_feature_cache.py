@@ -3,7 +3,7 @@
     python bench/bench_feature_cache.py [--examples 128] [--rounds 3] [--quick]
 
 (a) `embedded:effnet-smollm2` (4 image tokens, trainable MLP projection), easy-VQA train, one
-question per image; (b) a tiny InstructBLIP (OPT) from tests/vlm_fixtures.py on colour_images.
+question per image; (b) a tiny InstructBLIP (OPT) from tests/tiny_checkpoints.py on colour_images.
 Per model one backbone serves both modes (`cache.enabled` is what feature_cache="off" sets);
 they train the same parameters from the same start, own AdamW state each, on the same batches
 of 16, stepping as the trainer does, interleaved step by step in alternating order. Each epoch
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # common; vlm_fixtures (+ conftest)
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # common; tiny_checkpoints, helpers
 
 import common  # noqa: E402
 
@@ -96,7 +96,8 @@ def easyvqa_model(n: int, tmp: Path):
 
 
 def instructblip_model(n: int, tmp: Path):
-    from vlm_fixtures import build_vlm, colour_images
+    from helpers import colour_images
+    from tiny_checkpoints import build_vlm
 
     bb = load_backbone(str(build_vlm("instructblip-opt", tmp)), "instructblip")
     images = colour_images(tmp / "images", per_colour=(n + 1) // 2)

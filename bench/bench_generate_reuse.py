@@ -33,10 +33,10 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
+from softprompt.backbones.from_config import backbone_from_config, encode_settings  # noqa: E402
 from softprompt.config.run import load_config  # noqa: E402
-from softprompt.inference.evaluate import evaluate  # noqa: E402
-from softprompt.backbones.from_config import backbone_from_config, encode_settings
 from softprompt.data.splits import load_split  # noqa: E402
+from softprompt.inference.evaluate import evaluate  # noqa: E402
 from softprompt.tasks.kinds import task_from_config  # noqa: E402
 from softprompt.tuners.tuner_set import TunerSet  # noqa: E402
 

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from softprompt.artifacts.prompt_dir import fingerprint  # noqa: E402
 from softprompt.backbones.base import EncodeSettings  # noqa: E402
 from softprompt.backbones.loading import load_backbone  # noqa: E402
 from softprompt.data.text import load_text_examples  # noqa: E402
@@ -31,7 +32,6 @@ from softprompt.inference.loaded import LoadedModel  # noqa: E402
 from softprompt.tuners.lora.config import LoraSettings  # noqa: E402
 from softprompt.tuners.lora.tuner import LoraTuner  # noqa: E402
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig  # noqa: E402
-from softprompt.artifacts.prompt_dir import fingerprint  # noqa: E402
 from softprompt.tuners.prompt_tuning.tuner import PromptTuner  # noqa: E402
 from softprompt.tuners.tuner_set import TunerSet  # noqa: E402
 

@@ -45,9 +45,9 @@ def worker_train(method: str, steps: int, batch_size: int, warmup: int, retries:
     import torch
     import train_report
 
-    from softprompt.data.batching import input_lengths
-    from softprompt.backbones.text_common import load_tokenizer
     from softprompt.backbones.splice import IGNORE_INDEX
+    from softprompt.backbones.text_common import load_tokenizer
+    from softprompt.data.batching import input_lengths
 
     common.setup_torch()
     base, bf16 = method.removesuffix("-bf16"), method.endswith("-bf16")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from softprompt.commands.cli import _setup_logging
 from softprompt.config.run import load_config
+from softprompt.train.loop import train
 from softprompt.workflows.report.baseline import run_baseline
 from softprompt.workflows.report.build import write_report
-from softprompt.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "easyvqa_effnet_smollm2.yaml"

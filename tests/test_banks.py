@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from vlm_fixtures import build_vlm, colour_images
 
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.blip2 import Blip2Backbone
@@ -63,11 +62,9 @@ def test_text_rows_do_not_depend_on_their_batch_neighbours(tiny_models, kind):
     assert_rows_match_alone(backbone, batch_for, text_rows())
 
 
-@pytest.fixture(scope="module")
-def blip2(tmp_path_factory):
-    path = build_vlm("blip2-opt", tmp_path_factory.mktemp("vlm"))
-    images = colour_images(tmp_path_factory.mktemp("images"))
-    return path, [p for paths in images.values() for p in paths]
+@pytest.fixture
+def blip2(tiny_vlms, colour_pngs):
+    return tiny_vlms["blip2-opt"], [p for paths in colour_pngs.values() for p in paths]
 
 
 @pytest.mark.parametrize("placement", ["before_image", "after_image"])

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from helpers import colour_images, make_config, write_config
 from safetensors.torch import load_file
-from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
 from softprompt.backbones.blip2 import Blip2Backbone
 from softprompt.backbones.vision_base import VisionSettings
@@ -25,12 +24,12 @@ from softprompt.train.setup import use_eager_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BF16 = {"bf16": True, "eval_generate": False, "logging_steps": 1, "save_total_limit": None}
+TEXT_TRAINING = {"batch_size": 8, "learning_rate": 0.3, **BF16}
 
 
 def train_cli(tmp_path: Path, raw: dict, *extra: str, name: str = "config.yaml") -> str:
     """`softprompt train` on `raw` in a child process; returns its stderr."""
-    config = tmp_path / name
-    config.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(raw))
+    config = write_config(tmp_path / name, raw)
     done = subprocess.run(
         [sys.executable, "-m", "softprompt", "train", str(config), "--no-progress", *extra],
         capture_output=True,
@@ -43,13 +42,8 @@ def train_cli(tmp_path: Path, raw: dict, *extra: str, name: str = "config.yaml")
 
 
 def text_config(model: Path, data: dict, out: Path, **training) -> dict:
-    return {
-        "model": {"name_or_path": str(model), "dtype": "bfloat16"},
-        "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-        "training": {"output_dir": str(out), "batch_size": 8, "learning_rate": 0.3,
-                     **BF16, **training},
-    }  # fmt: skip
+    options = {"dtype": "bfloat16"}
+    return make_config(model, data, out, model_options=options, training=TEXT_TRAINING, **training)
 
 
 def train_losses(run: Path) -> list[float]:
@@ -90,14 +84,14 @@ def image_pairs(tmp_path: Path, key: str, extra: dict) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["blip2-opt", "composed"])
-def test_vlms_learn_in_bf16_with_float32_state(tiny_models, tmp_path, kind):
+def test_vlms_learn_in_bf16_with_float32_state(tiny_models, tiny_vlms, tiny_clip, tmp_path, kind):
     data = image_pairs(tmp_path, "answer", {"question": "what colour?"})
     if kind == "composed":
         model = {"name_or_path": str(tiny_models["gpt2"]),
-                 "vision_encoder": str(build_tiny_clip(tmp_path))}  # fmt: skip
+                 "vision_encoder": str(tiny_clip)}  # fmt: skip
         prompt = {"num_virtual_tokens": 4, "placement": "before_image"}
     else:
-        model = {"name_or_path": str(build_vlm(kind, tmp_path))}
+        model = {"name_or_path": str(tiny_vlms[kind])}
         prompt = {"num_virtual_tokens": 4, "placement": "after_image"}
     out = tmp_path / "run"
     raw = {
@@ -162,8 +156,8 @@ def test_one_process_trains_in_bf16_then_fp32(tiny_models, toy_data, tmp_path):
     assert done.stdout.split() == ["0", "2", "1", "2", "2", "2"]
 
 
-def test_eager_attention_applies_to_a_vlm_language_model(tmp_path):
-    path = build_vlm("blip2-opt", tmp_path)
+def test_eager_attention_applies_to_a_vlm_language_model(tiny_vlms):
+    path = tiny_vlms["blip2-opt"]
     backbone = Blip2Backbone.from_pretrained(str(path), "tiny", torch.float32, VisionSettings())
     use_eager_attention(backbone)
     assert backbone.peft_model().config._attn_implementation == "eager"

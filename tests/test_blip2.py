@@ -6,15 +6,16 @@ through the backbone's `from_pretrained`, the path a user's hub checkpoint takes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
-from vlm_fixtures import KINDS, build_all, colour_images
+from tiny_checkpoints import KINDS
 
-from softprompt.backbones.base import BACKBONES, EncodeSettings
+from softprompt.backbones.base import BACKBONES, EncodeSettings, VisionLanguageBackbone
 from softprompt.backbones.blip2 import Blip2Backbone, InstructBlipBackbone, QueryTokenBackbone
-from softprompt.backbones.vision_base import VisionLanguageBackbone, VisionSettings
+from softprompt.backbones.vision_base import VisionSettings
 from softprompt.data.images import load_image
 from softprompt.data.records import VisionExample
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
@@ -34,27 +35,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def vlms(tmp_path_factory) -> dict[str, Path]:
-    """Directories of the four tiny checkpoints, by kind ("blip2-opt", ...)."""
-    return build_all(tmp_path_factory.mktemp("vlms"))
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory) -> dict[str, list[Path]]:
-    """Three red and three blue 32x32 PNGs."""
-    return colour_images(tmp_path_factory.mktemp("images"))
-
-
-def load(vlms: dict[str, Path], kind: str, **settings) -> QueryTokenBackbone:
+def load(tiny_vlms: Mapping[str, Path], kind: str, **settings) -> QueryTokenBackbone:
     cls = Blip2Backbone if kind.startswith("blip2") else InstructBlipBackbone
-    return cls.from_pretrained(str(vlms[kind]), kind, torch.float32, VisionSettings(**settings))
+    return cls.from_pretrained(
+        str(tiny_vlms[kind]), kind, torch.float32, VisionSettings(**settings)
+    )
 
 
-def examples(images: dict[str, list[Path]], text: str = QUESTION) -> list[VisionExample]:
+def examples(colour_pngs: dict[str, list[Path]], text: str = QUESTION) -> list[VisionExample]:
     return [
         VisionExample(id=f"{colour}{i}", image_path=str(path), text=text, target=colour)
-        for colour, paths in images.items()
+        for colour, paths in colour_pngs.items()
         for i, path in enumerate(paths)
     ]
 
@@ -76,11 +67,11 @@ def mean_loss(backbone: QueryTokenBackbone, batch: dict, prompt: torch.Tensor | 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_prefix_matches_upstream_image_features(vlms, images, kind):
-    backbone = load(vlms, kind)
+def test_prefix_matches_upstream_image_features(tiny_vlms, colour_pngs, kind):
+    backbone = load(tiny_vlms, kind)
     assert isinstance(backbone, VisionLanguageBackbone)
     assert BACKBONES.get(backbone.family) is type(backbone)
-    batch = backbone.collate(examples(images), ENC, with_targets=True)
+    batch = backbone.collate(examples(colour_pngs), ENC, with_targets=True)
     prefix = backbone.image_prefix(batch)
     assert prefix.shape == (6, 4, backbone.hidden_size)
     # Same numbers as transformers' own get_image_features (the projected query outputs).
@@ -99,23 +90,23 @@ def test_prefix_matches_upstream_image_features(vlms, images, kind):
     assert all(not p.requires_grad for p in backbone.model.parameters())
 
 
-def test_wrong_checkpoint_kind_is_refused(vlms):
+def test_wrong_checkpoint_kind_is_refused(tiny_vlms):
     with pytest.raises(ValueError, match="'instructblip' checkpoint; family 'blip2'"):
-        Blip2Backbone.from_pretrained(str(vlms["instructblip-opt"]), "x", torch.float32)
+        Blip2Backbone.from_pretrained(str(tiny_vlms["instructblip-opt"]), "x", torch.float32)
 
 
-def test_blip2_rejects_qformer_prompt(vlms):
+def test_blip2_rejects_qformer_prompt(tiny_vlms):
     with pytest.raises(ValueError, match=r"method\.prompt_tuning\.qformer_prompt_tokens = 2"):
-        load(vlms, "blip2-opt", qformer_prompt_tokens=2)
+        load(tiny_vlms, "blip2-opt", qformer_prompt_tokens=2)
 
 
 # ----------------------------------------------------------------------------- training
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_loss_falls_with_adam(vlms, images, kind):
-    backbone = load(vlms, kind)
-    batch = backbone.collate(examples(images), ENC, with_targets=True)
+def test_loss_falls_with_adam(tiny_vlms, colour_pngs, kind):
+    backbone = load(tiny_vlms, kind)
+    batch = backbone.collate(examples(colour_pngs), ENC, with_targets=True)
     prompt = soft_prompt(backbone, n=8)
     optimizer = torch.optim.Adam(prompt.parameters(), lr=0.3)
     losses = []
@@ -131,11 +122,11 @@ def test_loss_falls_with_adam(vlms, images, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_batched_equals_one_at_a_time(vlms, images, kind):
-    backbone = load(vlms, kind)
+def test_batched_equals_one_at_a_time(tiny_vlms, colour_pngs, kind):
+    backbone = load(tiny_vlms, kind)
     prompt = soft_prompt(backbone)
     # Different text lengths, so both the LM text and the Q-Former instruction are padded.
-    rows = examples(images)
+    rows = examples(colour_pngs)
     for i, row in enumerate(rows):
         row.text = " ".join([QUESTION] + ["cat"] * i)
     batched = backbone.generate(backbone.collate(rows, ENC, False), prompt(6), 4)
@@ -152,10 +143,10 @@ def test_batched_equals_one_at_a_time(vlms, images, kind):
     assert scores.shape == (6,) and bool((scores < 0).all())
 
 
-def test_placement_before_and_after_image_differ(vlms, images):
-    rows = examples(images)
-    before = load(vlms, "blip2-opt", placement="before_image")
-    after = load(vlms, "blip2-opt", placement="after_image")
+def test_placement_before_and_after_image_differ(tiny_vlms, colour_pngs):
+    rows = examples(colour_pngs)
+    before = load(tiny_vlms, "blip2-opt", placement="before_image")
+    after = load(tiny_vlms, "blip2-opt", placement="after_image")
     prompt = soft_prompt(before)(6)
     batch = before.collate(rows, ENC, with_targets=True)
     assert before.describe()["placement"] == "before_image"
@@ -163,17 +154,17 @@ def test_placement_before_and_after_image_differ(vlms, images):
     # Without a prompt the two are the same model.
     torch.testing.assert_close(mean_loss(before, batch, None), mean_loss(after, batch, None))
     with pytest.raises(ValueError, match="placement"):
-        load(vlms, "blip2-opt", placement="middle")
+        load(tiny_vlms, "blip2-opt", placement="middle")
 
 
 # ----------------------------------------------------------------------------- caching
 
 
-def test_blip2_second_epoch_runs_no_vision_encoder(vlms, images):
-    backbone = load(vlms, "blip2-t5")
+def test_blip2_second_epoch_runs_no_vision_encoder(tiny_vlms, colour_pngs):
+    backbone = load(tiny_vlms, "blip2-t5")
     calls = []
     backbone.model.hf.vision_model.register_forward_hook(lambda *a: calls.append(1))
-    batches = [backbone.collate(examples(images)[i : i + 3], ENC, True) for i in (0, 3)]
+    batches = [backbone.collate(examples(colour_pngs)[i : i + 3], ENC, True) for i in (0, 3)]
     for batch in batches:
         backbone.loss_sum(batch, None)
     assert (backbone.cache.misses, backbone.cache.hits, len(calls)) == (6, 0, 2)
@@ -182,9 +173,9 @@ def test_blip2_second_epoch_runs_no_vision_encoder(vlms, images):
     assert (backbone.cache.misses, backbone.cache.hits, len(calls)) == (6, 6, 2)
 
 
-def test_instructblip_cache_key_includes_instruction(vlms, images):
-    backbone = load(vlms, "instructblip-opt")
-    image = images["red"][0]
+def test_instructblip_cache_key_includes_instruction(tiny_vlms, colour_pngs):
+    backbone = load(tiny_vlms, "instructblip-opt")
+    image = colour_pngs["red"][0]
     rows = [
         VisionExample(id="a", image_path=str(image), text="what color is it", target="red"),
         VisionExample(id="b", image_path=str(image), text="is it a cat", target="red"),
@@ -197,32 +188,32 @@ def test_instructblip_cache_key_includes_instruction(vlms, images):
     torch.testing.assert_close(again, prefix.flip(0))
 
 
-def test_feature_cache_off_and_disk(vlms, images, tmp_path):
-    rows = examples(images)[:2]
-    off = load(vlms, "blip2-opt", feature_cache="off")
+def test_feature_cache_off_and_disk(tiny_vlms, colour_pngs, tmp_path):
+    rows = examples(colour_pngs)[:2]
+    off = load(tiny_vlms, "blip2-opt", feature_cache="off")
     for _ in range(2):
         off.image_prefix(off.collate(rows, ENC, True))
     assert (off.cache.hits, off.cache.misses) == (0, 0)
-    disk = load(vlms, "blip2-opt", feature_cache="disk", cache_dir=str(tmp_path))
+    disk = load(tiny_vlms, "blip2-opt", feature_cache="disk", cache_dir=str(tmp_path))
     first = disk.image_prefix(disk.collate(rows, ENC, True))
-    reloaded = load(vlms, "blip2-opt", feature_cache="disk", cache_dir=str(tmp_path))
+    reloaded = load(tiny_vlms, "blip2-opt", feature_cache="disk", cache_dir=str(tmp_path))
     torch.testing.assert_close(reloaded.image_prefix(reloaded.collate(rows, ENC, True)), first)
     assert (reloaded.cache.hits, reloaded.cache.misses) == (2, 0)
     with pytest.raises(ValueError, match="cache_dir"):
-        load(vlms, "blip2-opt", feature_cache="disk")
+        load(tiny_vlms, "blip2-opt", feature_cache="disk")
 
 
 # ----------------------------------------------------------------------------- Q-Former prompt
 
 
 @pytest.mark.parametrize("kind", ["instructblip-opt", "instructblip-t5"])
-def test_qformer_prompt_changes_prefix_and_trains(vlms, images, kind):
-    plain = load(vlms, kind)
-    tuned = load(vlms, kind, qformer_prompt_tokens=3)
+def test_qformer_prompt_changes_prefix_and_trains(tiny_vlms, colour_pngs, kind):
+    plain = load(tiny_vlms, kind)
+    tuned = load(tiny_vlms, kind, qformer_prompt_tokens=3)
     module = tuned.trainable_modules()["qformer_prompt"]
     assert plain.trainable_modules() == {} and module.weight.shape == (3, 32)
     assert tuned.describe()["qformer_prompt_tokens"] == 3
-    batch = tuned.collate(examples(images), ENC, with_targets=True)
+    batch = tuned.collate(examples(colour_pngs), ENC, with_targets=True)
     assert not torch.allclose(tuned.image_prefix(batch), plain.image_prefix(batch))
 
     loss = mean_loss(tuned, batch, None)
@@ -246,22 +237,22 @@ def test_qformer_prompt_changes_prefix_and_trains(vlms, images, kind):
     assert tuned.cache.misses == 6 and tuned.cache.hits == 11 * 6
 
 
-def test_state_round_trip_and_mismatch_errors(vlms, images):
-    tuned = load(vlms, "instructblip-opt", qformer_prompt_tokens=3)
+def test_state_round_trip_and_mismatch_errors(tiny_vlms, colour_pngs):
+    tuned = load(tiny_vlms, "instructblip-opt", qformer_prompt_tokens=3)
     with torch.no_grad():
         tuned.trainable_modules()["qformer_prompt"].weight.add_(1.0)
     state = tuned.state_for_save()
     assert list(state) == ["qformer_prompt.weight"]
     assert state["qformer_prompt.weight"].shape == (3, 32)
-    fresh = load(vlms, "instructblip-opt", qformer_prompt_tokens=3)
-    batch = fresh.collate(examples(images)[:2], ENC, True)
+    fresh = load(tiny_vlms, "instructblip-opt", qformer_prompt_tokens=3)
+    batch = fresh.collate(examples(colour_pngs)[:2], ENC, True)
     assert not torch.allclose(fresh.image_prefix(batch), tuned.image_prefix(batch))
     fresh.load_saved_state({**state, "prompt_embeddings": torch.zeros(4, 32)})
     torch.testing.assert_close(fresh.image_prefix(batch), tuned.image_prefix(batch))
 
     with pytest.raises(ValueError, match=r"saved shape \(3, 32\).*expects \(5, 32\)"):
-        load(vlms, "instructblip-opt", qformer_prompt_tokens=5).load_saved_state(state)
-    plain = load(vlms, "instructblip-opt")
+        load(tiny_vlms, "instructblip-opt", qformer_prompt_tokens=5).load_saved_state(state)
+    plain = load(tiny_vlms, "instructblip-opt")
     assert plain.state_for_save() == {}
     plain.load_saved_state({})
     with pytest.raises(ValueError, match="qformer_prompt_tokens = 0; set it to 3"):
@@ -273,7 +264,7 @@ def test_state_round_trip_and_mismatch_errors(vlms, images):
 # ----------------------------------------------------------------------------- the gap
 
 
-def test_peft_prompt_tuning_cannot_drive_instructblip(vlms, images):
+def test_peft_prompt_tuning_cannot_drive_instructblip(tiny_vlms, colour_pngs):
     """PEFT 0.21 wraps InstructBLIP but finds no word embeddings, so its forward fails.
 
     `get_peft_model` looks for the module whose weight has `config.vocab_size` rows; the
@@ -284,19 +275,21 @@ def test_peft_prompt_tuning_cannot_drive_instructblip(vlms, images):
     from peft import get_peft_model
     from transformers import AutoProcessor, InstructBlipForConditionalGeneration
 
-    path = vlms["instructblip-opt"]
+    path = tiny_vlms["instructblip-opt"]
     model = InstructBlipForConditionalGeneration.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     peft_model = get_peft_model(
         model, PeftPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
     )
     assert peft_model.word_embeddings is None
-    inputs = processor(images=[load_image(images["red"][0])], text=[QUESTION], return_tensors="pt")
+    inputs = processor(
+        images=[load_image(colour_pngs["red"][0])], text=[QUESTION], return_tensors="pt"
+    )
     with pytest.raises(TypeError, match="NoneType"):
         peft_model(**inputs, labels=inputs["input_ids"])
 
     # Ours: the soft prompt reaches the language model and receives a gradient.
-    backbone = load(vlms, "instructblip-opt")
+    backbone = load(tiny_vlms, "instructblip-opt")
     prompt = soft_prompt(backbone)
-    mean_loss(backbone, backbone.collate(examples(images), ENC, True), prompt(6)).backward()
+    mean_loss(backbone, backbone.collate(examples(colour_pngs), ENC, True), prompt(6)).backward()
     assert prompt.embedding.weight.grad.abs().sum() > 0

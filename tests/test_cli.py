@@ -7,30 +7,25 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-from conftest import write_jsonl
+from helpers import make_config, prompt_method, write_config, write_jsonl
 
 from softprompt.commands.cli import main
 
 
 @pytest.fixture
 def run_config(tiny_models, toy_data, tmp_path):
-    cfg = {
-        "model": {"name_or_path": str(tiny_models["llama"])},
-        "method": {"prompt_tuning": {"num_virtual_tokens": 8, "init_method": "VOCAB"}},
-        "data": {"train_path": str(toy_data["train"]), "val_test_path": str(toy_data["val"])},
-        "task": {"max_new_tokens": 3},
-        "training": {
-            "output_dir": str(tmp_path / "run"),
-            "epochs": 2,
-            "batch_size": 8,
-            "learning_rate": 0.3,
-            "save_steps": 3,
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(cfg))
-    return path
+    cfg = make_config(
+        tiny_models["llama"],
+        toy_data,
+        tmp_path / "run",
+        method=prompt_method(num_virtual_tokens=8, init_method="VOCAB"),
+        task={"max_new_tokens": 3},
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.3,
+        save_steps=3,
+    )
+    return write_config(tmp_path / "config.yaml", cfg)
 
 
 def test_train_eval_predict(run_config, tmp_path, capsys):

@@ -11,26 +11,21 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from tiny_checkpoints import tiny_clip_processor, tiny_clip_vision_config
 from transformers import (
     CLIPConfig,
     CLIPModel,
     CLIPVisionModel,
 )
-from vlm_fixtures import build_tiny_clip, tiny_clip_processor, tiny_clip_vision_config
 
 from softprompt.backbones import text_common
-from softprompt.backbones.base import EncodeSettings
+from softprompt.backbones.base import EncodeSettings, VisionLanguageBackbone
 from softprompt.backbones.composed import ComposedVLMBackbone, as_tokens, pool_tokens
-from softprompt.backbones.vision_base import VisionLanguageBackbone, VisionSettings
+from softprompt.backbones.vision_base import VisionSettings
 from softprompt.data.records import VisionExample
 
 ENC = EncodeSettings(max_input_length=32, max_target_length=8)
 CLIP_TOKENS = 17  # (32 / 8)^2 patches + CLS
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

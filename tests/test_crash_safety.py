@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import toy_task, write_jsonl
+from helpers import make_config, toy_task, write_config, write_jsonl
 
 from softprompt.commands.cli import main
 from softprompt.config.run import load_config
@@ -35,26 +34,22 @@ WAIT_LIMIT = 120.0  # seconds; generous, the machine is shared
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_config(directory: Path, model: Path, data: dict[str, Path]) -> Path:
-    config = {
-        "model": {"name_or_path": str(model)},  # GPT-2 has dropout: the RNG state matters
-        "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-        "task": {"max_new_tokens": 2},
-        "training": {
-            "output_dir": str(directory / "run"),
-            "epochs": 3,
-            "batch_size": 8,
-            "learning_rate": 0.3,
-            "logging_steps": 1,
-            "save_steps": 4,
-            "save_total_limit": 2,
-            "eval_generate": False,
-        },
-    }
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def crash_config(directory: Path, model: Path, data: dict[str, Path]) -> Path:
+    # GPT-2 has dropout: the RNG state matters.
+    raw = make_config(
+        model,
+        data,
+        directory / "run",
+        task={"max_new_tokens": 2},
+        epochs=3,
+        batch_size=8,
+        learning_rate=0.3,
+        logging_steps=1,
+        save_steps=4,
+        save_total_limit=2,
+        eval_generate=False,
+    )
+    return write_config(directory / "config.yaml", raw)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +66,7 @@ def reference(tiny_models, data, tmp_path_factory):
     """The uninterrupted run: its final checkpoint and best/ prompt bytes."""
     torch.set_num_threads(1)
     directory = tmp_path_factory.mktemp("reference")
-    train(load_config(write_config(directory, tiny_models["gpt2"], data)))
+    train(load_config(crash_config(directory, tiny_models["gpt2"], data)))
     run = directory / "run"
     return {
         "final": (run / f"checkpoint-{FINAL_STEP}" / "adapter_model.safetensors").read_bytes(),
@@ -153,7 +148,7 @@ MOMENTS = [
 def test_sigkill_resumes_to_the_uninterrupted_result(
     tiny_models, data, reference, tmp_path, moment, delay, step_pause, write_pause, expected
 ):
-    config = write_config(tmp_path, tiny_models["gpt2"], data)
+    config = crash_config(tmp_path, tiny_models["gpt2"], data)
     run = tmp_path / "run"
     log = tmp_path / "train.log"
     process = start(config, log, step_pause, write_pause)
@@ -185,7 +180,7 @@ def test_sigkill_resumes_to_the_uninterrupted_result(
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_models, data, reference, tmp_path):
-    config = write_config(tmp_path, tiny_models["gpt2"], data)
+    config = crash_config(tmp_path, tiny_models["gpt2"], data)
     run = tmp_path / "run"
     log = tmp_path / "train.log"
     process = start(config, log, step_pause=0.1, write_pause=0.0)
@@ -245,7 +240,7 @@ def test_processes_agree_on_a_stop():
 
 
 def test_damaged_checkpoints_through_the_cli(tiny_models, data, tmp_path, capsys, caplog):
-    config = write_config(tmp_path, tiny_models["gpt2"], data)
+    config = crash_config(tmp_path, tiny_models["gpt2"], data)
     short = ["training.max_steps=4", "training.save_steps=2", "--no-progress"]
     assert main(["train", str(config), *short]) == 0
     run = tmp_path / "run"

@@ -9,10 +9,11 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
+from helpers import make_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tqdm.auto import tqdm
 
-from softprompt.config.run import ConfigError, build_config
+from softprompt.config.run import ConfigError, RunConfig, build_config
 from softprompt.train.dashboards import (
     eta_seconds,
     format_duration,
@@ -25,25 +26,18 @@ from softprompt.train.loop import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_config(model_dir, data, out, **training):
-    base = {
-        "output_dir": str(out),
-        "epochs": 2,
-        "batch_size": 8,
-        "learning_rate": 0.3,
-        "logging_steps": 1,
-        "eval_generate": False,
-        "save_total_limit": None,
-    }
-    base.update(training)
-    return build_config(
-        {
-            "model": {"name_or_path": str(model_dir)},
-            "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-            "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-            "training": base,
-        }
-    )
+TRAINING = {
+    "epochs": 2,
+    "batch_size": 8,
+    "learning_rate": 0.3,
+    "logging_steps": 1,
+    "eval_generate": False,
+    "save_total_limit": None,
+}
+
+
+def run_config(model_dir, data, out, **training) -> RunConfig:
+    return build_config(make_config(model_dir, data, out, training=TRAINING, **training))
 
 
 def read_events(run_dir) -> EventAccumulator:
@@ -75,7 +69,7 @@ def assert_same_values(run_dir) -> int:
 
 def test_tensorboard_scalars_equal_metrics_jsonl(tiny_models, toy_data, tmp_path):
     out = tmp_path / "run"
-    train(make_config(tiny_models["gpt2"], toy_data, out, report_to="tensorboard"))
+    train(run_config(tiny_models["gpt2"], toy_data, out, report_to="tensorboard"))
     assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     assert assert_same_values(out) > 10
     tags = read_events(out).Tags()["scalars"]
@@ -85,9 +79,7 @@ def test_tensorboard_scalars_equal_metrics_jsonl(tiny_models, toy_data, tmp_path
 
 def test_resumed_run_logs_each_step_once(tiny_models, toy_data, tmp_path):
     out = tmp_path / "run"
-    config = make_config(
-        tiny_models["gpt2"], toy_data, out, report_to=["tensorboard"], save_steps=4
-    )
+    config = run_config(tiny_models["gpt2"], toy_data, out, report_to=["tensorboard"], save_steps=4)
     train(config)
     # Resume from step 4: steps 5.. are logged again; TensorBoard hides the first ones.
     for later in out.glob("checkpoint-*"):
@@ -99,21 +91,19 @@ def test_resumed_run_logs_each_step_once(tiny_models, toy_data, tmp_path):
 
 def test_no_dashboard_by_default_and_bad_names_refused(tiny_models, toy_data, tmp_path):
     out = tmp_path / "run"
-    config = make_config(tiny_models["gpt2"], toy_data, out, max_steps=1)
+    config = run_config(tiny_models["gpt2"], toy_data, out, max_steps=1)
     assert config.training.report_to == []
-    assert (
-        make_config(tiny_models["gpt2"], toy_data, out, report_to="none").training.report_to == []
-    )
+    assert run_config(tiny_models["gpt2"], toy_data, out, report_to="none").training.report_to == []
     train(config)
     assert not (out / "tensorboard").exists()
     with pytest.raises(ConfigError, match="report_to"):
-        make_config(tiny_models["gpt2"], toy_data, out, report_to=["wandb"])
+        run_config(tiny_models["gpt2"], toy_data, out, report_to=["wandb"])
 
 
 def test_progress_line_without_a_bar(tiny_models, toy_data, tmp_path, caplog):
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="softprompt"):
-        train(make_config(tiny_models["gpt2"], toy_data, out, max_steps=3), progress=False)
+        train(run_config(tiny_models["gpt2"], toy_data, out, max_steps=3), progress=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert len(lines) == 3 and lines[0].startswith("step 1/3: loss=")
     for field in ("lr=", "samples/s=", "eta="):

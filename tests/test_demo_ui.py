@@ -6,10 +6,10 @@ import json
 import socket
 
 import pytest
-import yaml
 
 pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
+from helpers import image_folders, make_config, write_config  # noqa: E402
 
 from softprompt.commands.cli import main  # noqa: E402
 from softprompt.inference.loaded import LoadedModel  # noqa: E402
@@ -24,21 +24,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def train_tiny(tmp_path, model: dict, data: dict, task: dict, prompt: dict) -> str:
+def train_tiny(tmp_path, model, data: dict, task: dict, prompt: dict, **model_options) -> str:
     """A couple of training steps through the CLI; returns RUN/best."""
     out = tmp_path / "run"
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model": model,
-                "method": {"prompt_tuning": prompt},
-                "data": data,
-                "task": task,
-                "training": {"output_dir": str(out), "max_steps": 2, "learning_rate": 0.3},
-            }
-        )
+    raw = make_config(
+        model,
+        data,
+        out,
+        method={"prompt_tuning": prompt},
+        task=task,
+        model_options=model_options,
+        max_steps=2,
+        learning_rate=0.3,
     )
+    config = write_config(tmp_path / "config.yaml", raw)
     assert main(["train", str(config), "--no-progress"]) == 0
     return str(out / "best")
 
@@ -61,8 +60,8 @@ def serve(prompt: str, baseline: bool):
 def test_text_prompt_answers_like_predict(tiny_models, toy_data, tmp_path, capsys):
     prompt = train_tiny(
         tmp_path,
-        {"name_or_path": str(tiny_models["gpt2"])},
-        {"train_path": str(toy_data["train"])},
+        tiny_models["gpt2"],
+        {"train": toy_data["train"]},
         {"max_new_tokens": 4},
         {"num_virtual_tokens": 4, "init_method": "RANDOM"},
     )
@@ -85,24 +84,17 @@ def test_text_prompt_answers_like_predict(tiny_models, toy_data, tmp_path, capsy
         app.close()
 
 
-def test_image_classifier_shows_label_probabilities(tiny_models, tmp_path, capsys):
-    from vlm_fixtures import build_tiny_clip, colour_images
-
-    root = tmp_path / "folders"
-    images = colour_images(tmp_path / "flat", per_colour=2)
-    for colour, paths in images.items():
-        (root / colour).mkdir(parents=True)
-        for path in paths:
-            (root / colour / path.name).write_bytes(path.read_bytes())
-    clip = build_tiny_clip(tmp_path)
+def test_image_classifier_shows_label_probabilities(tiny_models, tiny_clip, tmp_path, capsys):
+    root = image_folders(tmp_path / "folders", per_class=2)
     prompt = train_tiny(
         tmp_path,
-        {"name_or_path": str(tiny_models["gpt2"]), "vision_encoder": str(clip)},
-        {"train_path": str(root)},
+        tiny_models["gpt2"],
+        {"train": root},
         {"type": "classify", "labels": {"red": "red", "blue": "blue"}},
         {"num_virtual_tokens": 2, "init_method": "RANDOM"},
+        vision_encoder=str(tiny_clip),
     )
-    image = str(images["red"][0])
+    image = str(root / "red" / "red0.png")
     expected = predicted(capsys, ["--prompt", prompt, "--image", image])
     app, client = serve(prompt, baseline=False)
     try:
@@ -129,7 +121,7 @@ def test_demo_ui_without_a_demo_run_says_run_make_demo(tmp_path, monkeypatch, ca
 
 
 def test_bank_lists_its_tasks_and_answers_like_predict_task(tiny_models, tmp_path, capsys):
-    from test_multitask import multitask_config
+    from helpers import multitask_config
 
     config = multitask_config(tmp_path, tiny_models["llama"])
     assert main(["train", str(config), "--no-progress"]) == 0

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
+from helpers import image_folders, make_config, prompt_method
 from safetensors.torch import load_file
-from test_train import make_config
-from vlm_fixtures import build_tiny_clip, colour_images
+from test_train import run_config
 
 from softprompt.config.run import build_config
 from softprompt.train.loop import train
@@ -35,42 +33,34 @@ def test_text_runs_are_bit_identical(tiny_models, toy_data, tmp_path, kind):
     # GPT-2 trains with dropout; T5 is seq2seq: both paths draw from the RNG differently.
     runs = []
     for name in ("a", "b"):
-        cfg = make_config(tiny_models[kind], toy_data, tmp_path / name, epochs=2, save_steps=4)
+        cfg = run_config(tiny_models[kind], toy_data, tmp_path / name, epochs=2, save_steps=4)
         train(cfg)
         runs.append(tmp_path / name)
     assert_identical_runs(*runs, final="checkpoint-12")
 
-    other = make_config(tiny_models[kind], toy_data, tmp_path / "c", epochs=2, seed=7)
+    other = run_config(tiny_models[kind], toy_data, tmp_path / "c", epochs=2, seed=7)
     train(other)
     a = load_file(str(runs[0] / "checkpoint-12" / "adapter_model.safetensors"))
     c = load_file(str(tmp_path / "c" / "checkpoint-12" / "adapter_model.safetensors"))
     assert not torch.equal(a["prompt_embeddings"], c["prompt_embeddings"])
 
 
-def test_image_runs_are_bit_identical(tiny_models, tmp_path):
-    clip = build_tiny_clip(tmp_path)
-    images = colour_images(tmp_path / "flat", per_colour=4)
-    for colour, paths in images.items():
-        (tmp_path / "train" / colour).mkdir(parents=True)
-        for path in paths:
-            shutil.copy(path, tmp_path / "train" / colour / path.name)
+def test_image_runs_are_bit_identical(tiny_models, tiny_clip, tmp_path):
+    image_folders(tmp_path / "train", per_class=4)
     runs = []
     for name in ("a", "b"):
-        cfg = build_config(
-            {
-                "model": {"name_or_path": str(tiny_models["gpt2"]), "vision_encoder": str(clip)},
-                "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "VOCAB"}},
-                "data": {"train_path": str(tmp_path / "train"), "validation": False},
-                "task": {"type": "classify", "instruction": "Which colour?"},
-                "training": {
-                    "output_dir": str(tmp_path / name),
-                    "epochs": 2,
-                    "batch_size": 4,
-                    "learning_rate": 0.3,
-                },
-            }
+        raw = make_config(
+            tiny_models["gpt2"],
+            {"train": tmp_path / "train", "validation": False},
+            tmp_path / name,
+            method=prompt_method(init_method="VOCAB"),
+            task={"type": "classify", "instruction": "Which colour?"},
+            model_options={"vision_encoder": str(tiny_clip)},
+            epochs=2,
+            batch_size=4,
+            learning_rate=0.3,
         )
-        train(cfg)
+        train(build_config(raw))
         runs.append(tmp_path / name)
     steps = sorted(p.name for p in runs[0].glob("checkpoint-*"))
     assert_identical_runs(*runs, final=steps[-1])

@@ -19,11 +19,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from accelerate.commands.config.config_args import load_config_from_file
-from conftest import toy_task, write_jsonl
+from helpers import (
+    image_folders,
+    make_config,
+    prompt_method,
+    toy_task,
+    write_config,
+    write_jsonl,
+)
 from safetensors.torch import load_file
-from vlm_fixtures import build_tiny_clip, colour_images
 
 from softprompt.artifacts.prompt_dir import save_prompt
 from softprompt.backbones.base import EncodeSettings
@@ -78,29 +83,22 @@ def launch_two(config: Path, *extra: str) -> str:
     return run(command, ACCELERATE_USE_CPU="true")
 
 
-def write_config(path: Path, sections: dict) -> Path:
-    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(sections))
-    return path
-
-
 def text_sections(model_dir: Path, data: dict[str, Path], out: Path, batch_size: int) -> dict:
-    return {
-        "model": {"name_or_path": str(model_dir)},
-        "method": {"prompt_tuning": {"num_virtual_tokens": 8, "init_method": "RANDOM"}},
-        "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-        "training": {
-            "output_dir": str(out),
-            "epochs": 1,
-            "batch_size": batch_size,
-            # Adam turns float noise in near-zero gradients into steps of about the
-            # learning rate's size; a moderate one keeps that well inside TOLERANCE.
-            "learning_rate": 0.1,
-            "logging_steps": 1,
-            "save_steps": 3,
-            "save_total_limit": None,
-            "eval_generate": False,
-        },
-    }
+    return make_config(
+        model_dir,
+        data,
+        out,
+        method=prompt_method(num_virtual_tokens=8),
+        epochs=1,
+        batch_size=batch_size,
+        # Adam turns float noise in near-zero gradients into steps of about the
+        # learning rate's size; a moderate one keeps that well inside TOLERANCE.
+        learning_rate=0.1,
+        logging_steps=1,
+        save_steps=3,
+        save_total_limit=None,
+        eval_generate=False,
+    )
 
 
 def tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -278,38 +276,29 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(text_runs):
     assert_same_weights(out / "checkpoint-6", one / "checkpoint-6")
 
 
-def test_vision_projection_is_trained_in_step(tiny_models, tmp_path):
+def test_vision_projection_is_trained_in_step(tiny_models, tiny_clip, tmp_path):
     """The composed VLM's projection trains beside the prompt: its gradients must be
     averaged too, or the processes' projections drift apart."""
-    clip = build_tiny_clip(tmp_path)
     folders = tmp_path / "images"
-    for split, count in (("train", 4), ("val", 2)):
-        for colour, paths in colour_images(tmp_path / "flat" / split, per_colour=count).items():
-            (folders / split / colour).mkdir(parents=True)
-            for path in paths:
-                shutil.copy(path, folders / split / colour / path.name)
+    image_folders(folders / "train", per_class=4)
+    image_folders(folders / "val", per_class=2)
 
     def config(name: str, batch_size: int) -> Path:
-        sections = {
-            "model": {"name_or_path": str(tiny_models["llama"]), "vision_encoder": str(clip)},
-            "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-            "data": {
-                "train_path": str(folders / "train"),
-                "val_test_path": str(folders / "val"),
-            },
-            "task": {"type": "classify", "instruction": "Which colour?"},
-            "training": {
-                "output_dir": str(tmp_path / name),
-                "epochs": 2,
-                "batch_size": batch_size,
-                "learning_rate": 0.3,
-                "projection_learning_rate": 0.05,
-                "logging_steps": 1,
-                "save_steps": 1,
-                "save_total_limit": None,
-                "max_grad_norm": None,
-            },
-        }
+        sections = make_config(
+            tiny_models["llama"],
+            {"train": folders / "train", "val": folders / "val"},
+            tmp_path / name,
+            model_options={"vision_encoder": str(tiny_clip)},
+            task={"type": "classify", "instruction": "Which colour?"},
+            epochs=2,
+            batch_size=batch_size,
+            learning_rate=0.3,
+            projection_learning_rate=0.05,
+            logging_steps=1,
+            save_steps=1,
+            save_total_limit=None,
+            max_grad_norm=None,
+        )
         return write_config(tmp_path / f"{name}.yaml", sections)
 
     train(load_config(config("one", batch_size=4)))

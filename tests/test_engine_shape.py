@@ -7,9 +7,8 @@ import json
 
 import pytest
 import torch
-import yaml
+from helpers import colour_images, make_config, write_config
 from transformers import AutoModelForCausalLM
-from vlm_fixtures import build_vlm, colour_images
 
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
@@ -21,26 +20,19 @@ from softprompt.tuners.base import PromptInput
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def write_config(path, **sections):
-    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(sections))
-    return path
-
-
 def text_config(tmp_path, model_dir, data, out, **method):
-    return write_config(
-        tmp_path / "config.yaml",
-        model={"name_or_path": str(model_dir)},
-        method=method or {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        data={"train_path": str(data["train"]), "val_test_path": str(data["val"])},
+    raw = make_config(
+        model_dir,
+        data,
+        out,
+        method=method or None,
         task={"max_new_tokens": 3},
-        training={
-            "output_dir": str(out),
-            "max_steps": 2,
-            "batch_size": 8,
-            "eval_generate": False,
-            "learning_rate": 0.1,
-        },
+        max_steps=2,
+        batch_size=8,
+        eval_generate=False,
+        learning_rate=0.1,
     )
+    return write_config(tmp_path / "config.yaml", raw)
 
 
 def test_rows_of_one_batch_use_different_prompts(tiny_models):
@@ -60,8 +52,8 @@ def test_rows_of_one_batch_use_different_prompts(tiny_models):
             torch.testing.assert_close(together[chosen], alone[chosen], rtol=1e-5, atol=1e-5)
 
 
-def test_caption_prompt_predicts_from_an_image_text_file(tmp_path, capsys):
-    model = build_vlm("blip2-t5", tmp_path)
+def test_caption_prompt_predicts_from_an_image_text_file(tiny_vlms, tmp_path, capsys):
+    model = tiny_vlms["blip2-t5"]
     images = colour_images(tmp_path / "img", per_colour=2)
     rows = [
         {"image_path": str(p), "text": f"a {colour} square"}
@@ -71,14 +63,16 @@ def test_caption_prompt_predicts_from_an_image_text_file(tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    config = write_config(
-        tmp_path / "config.yaml",
-        model={"name_or_path": str(model)},
+    raw = make_config(
+        model,
+        {"train": data, "validation": False},
+        out,
         method={"prompt_tuning": {"num_virtual_tokens": 2}},
-        data={"train_path": str(data), "validation": False},
         task={"type": "caption", "max_new_tokens": 3},
-        training={"output_dir": str(out), "max_steps": 1, "batch_size": 4},
+        max_steps=1,
+        batch_size=4,
     )
+    config = write_config(tmp_path / "config.yaml", raw)
     assert main(["train", str(config), "--no-progress"]) == 0
     capsys.readouterr()
     argv = ["predict", "--prompt", str(out / "best"), "--input", str(data), "--no-progress"]

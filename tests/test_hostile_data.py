@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import toy_task, write_jsonl
+from helpers import image_folders, make_config, prompt_method, toy_task, write_config, write_jsonl
 from PIL import Image
-from vlm_fixtures import build_tiny_clip, colour_images
 
 from softprompt.commands.cli import main
 from softprompt.data.errors import DataError
@@ -173,19 +171,15 @@ def test_duplicate_ids_in_image_pairs_and_vqa(tmp_path):
 
 @pytest.fixture
 def text_config(tiny_models, tmp_path):
-    data = tmp_path / "data"
-    config = {
-        "model": {"name_or_path": str(tiny_models["llama"])},
-        "method": {"prompt_tuning": {"num_virtual_tokens": 2, "init_method": "RANDOM"}},
-        "data": {
-            "train_path": str(write_jsonl(data / "train.jsonl", toy_task(8))),
-            "val_test_path": str(write_jsonl(data / "val.jsonl", toy_task(4, seed=3))),
-        },
-        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "batch_size": 4},
+    data = {
+        "train": write_jsonl(tmp_path / "data" / "train.jsonl", toy_task(8)),
+        "val": write_jsonl(tmp_path / "data" / "val.jsonl", toy_task(4, seed=3)),
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    method = prompt_method(num_virtual_tokens=2)
+    config = make_config(
+        tiny_models["llama"], data, tmp_path / "run", method=method, max_steps=1, batch_size=4
+    )
+    return write_config(tmp_path / "config.yaml", config)
 
 
 GOOD = '{"input": "red cat", "target": "red"}\n'
@@ -258,15 +252,12 @@ def test_cli_unreadable_and_missing_data_files(text_config, tmp_path, capsys, mo
     assert "Permission denied" in err and "locked.jsonl" in err and "Traceback" not in err
 
 
-def hostile_image_folder(root: Path, clip_images: dict[str, list[Path]]) -> dict[str, str]:
+def hostile_image_folder(root: Path) -> dict[str, str]:
     """train/{red,blue,green}: good images, odd-but-valid ones, and broken ones.
 
     Returns the broken files' names -> a word their skip reason must contain.
     """
-    for colour in ("red", "blue"):
-        (root / colour).mkdir(parents=True)
-        for path in clip_images[colour]:
-            shutil.copy(path, root / colour / path.name)
+    image_folders(root, per_class=3)
     (root / "green").mkdir()  # an empty class folder: left out with a warning
     red = root / "red"
     # Valid but unusual: all of these must be read, not skipped.
@@ -280,9 +271,9 @@ def hostile_image_folder(root: Path, clip_images: dict[str, list[Path]]) -> dict
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.new("RGB", (40, 20), (220, 10, 10)).save(red / "rotated.jpg", exif=exif)
-    (red / os.fsdecode(b"r\xf6t.png")).write_bytes(Path(clip_images["red"][0]).read_bytes())
+    (red / os.fsdecode(b"r\xf6t.png")).write_bytes((red / "red0.png").read_bytes())
     # Broken: each is skipped and reported with its reason.
-    full = Path(clip_images["red"][0]).read_bytes()
+    full = (red / "red0.png").read_bytes()
     (red / "truncated.png").write_bytes(full[: len(full) // 2])
     (red / "zero.jpg").write_bytes(b"")
     (red / "bomb.png").write_bytes(bomb_png(60_000, 60_000))
@@ -298,10 +289,8 @@ def hostile_image_folder(root: Path, clip_images: dict[str, list[Path]]) -> dict
 
 
 @pytest.fixture
-def vision_setup(tiny_models, tmp_path, monkeypatch):
-    clip = build_tiny_clip(tmp_path)
-    images = colour_images(tmp_path / "flat", per_colour=3)
-    broken = hostile_image_folder(tmp_path / "train", images)
+def vision_setup(tiny_models, tiny_clip, tmp_path, monkeypatch):
+    broken = hostile_image_folder(tmp_path / "train")
     original_open = Image.open
 
     def open_refusing_locked(fp, *args, **kwargs):
@@ -310,16 +299,17 @@ def vision_setup(tiny_models, tmp_path, monkeypatch):
         return original_open(fp, *args, **kwargs)
 
     monkeypatch.setattr(Image, "open", open_refusing_locked)
-    config = {
-        "model": {"name_or_path": str(tiny_models["gpt2"]), "vision_encoder": str(clip)},
-        "method": {"prompt_tuning": {"num_virtual_tokens": 2, "init_method": "RANDOM"}},
-        "data": {"train_path": str(tmp_path / "train"), "validation": False},
-        "task": {"type": "classify", "instruction": "Which colour?"},
-        "training": {"output_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 4},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, broken
+    config = make_config(
+        tiny_models["gpt2"],
+        {"train": tmp_path / "train", "validation": False},
+        tmp_path / "run",
+        method=prompt_method(num_virtual_tokens=2),
+        task={"type": "classify", "instruction": "Which colour?"},
+        model_options={"vision_encoder": str(tiny_clip)},
+        epochs=1,
+        batch_size=4,
+    )
+    return write_config(tmp_path / "config.yaml", config), broken
 
 
 def test_cli_hostile_images_are_skipped_and_reported(vision_setup, tmp_path, capsys, caplog):

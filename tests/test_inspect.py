@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from helpers import colour_images, make_config, prompt_method, write_config
 
 from softprompt.artifacts.prompt_dir import PromptLoadError, fingerprint
 from softprompt.backbones.loading import load_backbone
@@ -137,10 +138,8 @@ def test_trained_run_keeps_its_start_and_drifts(tiny_models, toy_data, tmp_path)
     assert inspect_prompt(checkpoint, top_k=1)["initial_prompt"] == str(initial)
 
 
-def test_vlm_prompt_is_read_in_the_language_models_space(tiny_models, tmp_path):
+def test_vlm_prompt_is_read_in_the_language_models_space(tiny_models, tiny_clip, tmp_path):
     """A composed (CLIP -> GPT-2) prompt: nearest tokens come from GPT-2's vocabulary."""
-    from vlm_fixtures import build_tiny_clip, colour_images
-
     images = colour_images(tmp_path / "img", per_colour=2)
     rows = [
         {"image_path": str(p), "text": f"a {colour} square"}
@@ -150,25 +149,18 @@ def test_vlm_prompt_is_read_in_the_language_models_space(tiny_models, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    config = tmp_path / "config.yaml"
-    clip = build_tiny_clip(tmp_path)
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name_or_path": str(tiny_models["gpt2"]), "vision_encoder": str(clip)},
-                "method": {
-                    "prompt_tuning": {
-                        "num_virtual_tokens": 3,
-                        "init_method": "TEXT",
-                        "init_text": "blue dog",
-                    }
-                },
-                "data": {"train_path": str(data)},
-                "task": {"type": "caption", "max_new_tokens": 2},
-                "training": {"output_dir": str(out), "max_steps": 1, "learning_rate": 1e-6},
-            }
-        )
+    method = prompt_method(num_virtual_tokens=3, init_method="TEXT", init_text="blue dog")
+    raw = make_config(
+        tiny_models["gpt2"],
+        {"train": data},
+        out,
+        method=method,
+        task={"type": "caption", "max_new_tokens": 2},
+        model_options={"vision_encoder": str(tiny_clip)},
+        max_steps=1,
+        learning_rate=1e-6,
     )
+    config = write_config(tmp_path / "config.yaml", raw)
     assert main(["train", str(config), "--no-progress"]) == 0
     report = inspect_prompt(out / "best", top_k=1)
     gpt2 = load_backbone(str(tiny_models["gpt2"]))
@@ -181,7 +173,7 @@ def test_vlm_prompt_is_read_in_the_language_models_space(tiny_models, tmp_path):
 
 
 def test_bank_prompts_are_inspected_by_task(tiny_models, tmp_path, capsys):
-    from test_multitask import multitask_config
+    from helpers import multitask_config
 
     config = multitask_config(tmp_path, tiny_models["llama"])
     assert main(["train", str(config), "--no-progress"]) == 0

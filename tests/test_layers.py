@@ -31,11 +31,13 @@ LAYERS = (
 
 
 def _is_settings(module: str) -> bool:
-    # A tuner's settings (`tuners/<method>/config.py`, pydantic only) are the config
+    # A tuner's settings and registration (`tuners/<method>/config.py`, `spec.py`: pydantic
+    # and dataclasses only) and the family table (`backbones/spec.py`) are the config
     # layer's: the run config is built from them, as PEFT's config classes stand apart
     # from its tuner modules.
     parts = module.split(".")
-    return parts[:2] == ["softprompt", "tuners"] and parts[-1] in ("config", "spec")
+    in_tree = parts[:2] in (["softprompt", "tuners"], ["softprompt", "backbones"])
+    return in_tree and parts[-1] in ("config", "spec")
 
 
 def layer_of(module: str) -> int:

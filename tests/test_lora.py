@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import make_config, prompt_method
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.loading import load_backbone
 from softprompt.commands.cli import main
-from softprompt.config.run import ConfigError, build_config
+from softprompt.config.run import ConfigError, RunConfig, build_config
 from softprompt.data.records import TextExample
 from softprompt.inference.loaded import LoadedModel
 from softprompt.train.loop import train
@@ -24,33 +25,27 @@ from softprompt.tuners.lora.tuner import LoraTuner
 ROWS = [TextExample(id=str(i), input=f"cat red dog {i}", target="red") for i in range(4)]
 
 
-def make_config(model_dir, data, out, prompt=True, lora=None, full=False, **training):
-    base = {
-        "output_dir": str(out),
-        "max_steps": 6,
-        "batch_size": 8,
-        "learning_rate": 0.3,
-        "logging_steps": 1,
-        "eval_steps": 3,
-        "eval_generate": False,
-        "save_total_limit": None,
-    }
-    base.update(training)
+TRAINING = {
+    "max_steps": 6,
+    "batch_size": 8,
+    "learning_rate": 0.3,
+    "logging_steps": 1,
+    "eval_steps": 3,
+    "eval_generate": False,
+    "save_total_limit": None,
+}
+
+
+def run_config(model_dir, data, out, prompt=True, lora=None, full=False, **training) -> RunConfig:
     method = {
-        "prompt_tuning": {"enabled": prompt, "num_virtual_tokens": 4, "init_method": "RANDOM"},
+        **prompt_method(enabled=prompt),
         "full": {"enabled": full, "learning_rate": 1e-3},
     }
     if lora is not None:
         method["lora"] = {"enabled": True, "r": 4, "learning_rate": 1e-2, **lora}
-    return build_config(
-        {
-            "model": {"name_or_path": str(model_dir)},
-            "method": method,
-            "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-            "task": {"max_new_tokens": 3},
-            "training": base,
-        }
-    )
+    task = {"max_new_tokens": 3}
+    raw = make_config(model_dir, data, out, method=method, task=task, training=TRAINING, **training)
+    return build_config(raw)
 
 
 def row_losses(loaded: LoadedModel) -> torch.Tensor:
@@ -64,7 +59,7 @@ def row_losses(loaded: LoadedModel) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["llama", "t5"])
 def test_lora_trains_and_peft_loads_it(tiny_models, toy_data, tmp_path, kind):
     out = tmp_path / "run"
-    results = train(make_config(tiny_models[kind], toy_data, out, prompt=False, lora={}))
+    results = train(run_config(tiny_models[kind], toy_data, out, prompt=False, lora={}))
     losses = [e["eval_loss"] for e in results["evaluations"]]
     assert losses[-1] < losses[0], losses
     assert results["methods"] == ["lora"]
@@ -106,11 +101,11 @@ def test_a_lora_peft_saved_loads_into_ours(tiny_models, tmp_path):
 
 def test_prompt_and_lora_train_jointly_and_switch_exactly(tiny_models, toy_data, tmp_path):
     out = tmp_path / "joint"
-    train(make_config(tiny_models["llama"], toy_data, out, lora={}))
+    train(run_config(tiny_models["llama"], toy_data, out, lora={}))
     best = out / "best"
     assert {p.name for p in best.iterdir()} >= {"prompt", "lora", "softprompt.json"}
     first = tmp_path / "first"
-    train(make_config(tiny_models["llama"], toy_data, first, max_steps=1, eval_steps=1))
+    train(run_config(tiny_models["llama"], toy_data, first, max_steps=1, eval_steps=1))
     loaded = LoadedModel.from_bundle(best, device="cpu")
     assert loaded.tuners.states() == {"prompt": True, "lora": True}
     both = row_losses(loaded)
@@ -142,10 +137,10 @@ def test_prompt_and_lora_train_jointly_and_switch_exactly(tiny_models, toy_data,
 
 def test_prompt_on_a_frozen_lora(tiny_models, toy_data, tmp_path):
     lora_run = tmp_path / "lora"
-    train(make_config(tiny_models["t5"], toy_data, lora_run, prompt=False, lora={}, max_steps=3))
+    train(run_config(tiny_models["t5"], toy_data, lora_run, prompt=False, lora={}, max_steps=3))
     trained = lora_run / "best" / "lora"
     out = tmp_path / "prompt_on_lora"
-    config = make_config(
+    config = run_config(
         tiny_models["t5"], toy_data, out, lora={"path": str(trained), "trainable": False}
     )
     results = train(config)
@@ -164,11 +159,11 @@ def test_prompt_on_a_frozen_lora(tiny_models, toy_data, tmp_path):
 def test_exact_resume_with_lora(tiny_models, toy_data, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train(
-        make_config(
+        run_config(
             tiny_models["gpt2"], toy_data, whole, lora={}, save_steps=3, lr_scheduler="constant"
         )
     )
-    config = make_config(
+    config = run_config(
         tiny_models["gpt2"], toy_data, parts, lora={}, save_steps=3, lr_scheduler="constant"
     )
     config.training.max_steps = 3
@@ -184,7 +179,7 @@ def test_exact_resume_with_lora(tiny_models, toy_data, tmp_path):
 
 def test_full_fine_tuning_trains_every_weight(tiny_models, toy_data, tmp_path):
     out = tmp_path / "full"
-    results = train(make_config(tiny_models["gpt2"], toy_data, out, prompt=False, full=True))
+    results = train(run_config(tiny_models["gpt2"], toy_data, out, prompt=False, full=True))
     losses = [e["eval_loss"] for e in results["evaluations"]]
     assert losses[-1] < losses[0], losses
     assert results["trainable_parameters"] == results["total_parameters"]
@@ -202,16 +197,16 @@ def test_full_fine_tuning_trains_every_weight(tiny_models, toy_data, tmp_path):
 
 def test_method_switches_are_validated(tiny_models, toy_data, tmp_path):
     with pytest.raises(ConfigError, match="both enabled"):
-        make_config(tiny_models["gpt2"], toy_data, tmp_path, lora={}, full=True)
+        run_config(tiny_models["gpt2"], toy_data, tmp_path, lora={}, full=True)
     with pytest.raises(ConfigError, match="needs method.lora.path"):
-        make_config(tiny_models["gpt2"], toy_data, tmp_path, lora={"trainable": False})
+        run_config(tiny_models["gpt2"], toy_data, tmp_path, lora={"trainable": False})
     with pytest.raises(ConfigError, match="nothing to train"):
-        train(make_config(tiny_models["gpt2"], toy_data, tmp_path / "none", prompt=False))
+        train(run_config(tiny_models["gpt2"], toy_data, tmp_path / "none", prompt=False))
 
 
 def test_qlora_trains_on_cpu(tiny_models, toy_data, tmp_path):
     out = tmp_path / "qlora"
-    config = make_config(
+    config = run_config(
         tiny_models["llama"], toy_data, out, prompt=False, lora={"quantization_bit": 4}
     )
     results = train(config)
@@ -223,7 +218,7 @@ def test_qlora_trains_on_cpu(tiny_models, toy_data, tmp_path):
 
 def test_cli_switches_an_adapter_off(tiny_models, toy_data, tmp_path, capsys):
     out = tmp_path / "run"
-    train(make_config(tiny_models["llama"], toy_data, out, lora={}, max_steps=2))
+    train(run_config(tiny_models["llama"], toy_data, out, lora={}, max_steps=2))
     outputs = {}
     for switch in ([], ["--adapter", "prompt=off"], ["--adapter", "lora=off"]):
         args = ["predict", "--prompt", str(out / "best"), "--text", "cat red", "--no-progress"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
-from vlm_fixtures import KINDS, build_all, build_tiny_clip, colour_images
+from tiny_checkpoints import KINDS
 
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.blip2 import Blip2Backbone, InstructBlipBackbone
@@ -21,32 +19,22 @@ from softprompt.tuners.lora.tuner import LoraTuner
 ENC = EncodeSettings(max_input_length=64, max_target_length=8)
 
 
-@pytest.fixture(scope="module")
-def vlms(tmp_path_factory) -> dict[str, Path]:
-    models = build_all(tmp_path_factory.mktemp("vlms"))
-    models["composed"] = build_tiny_clip(tmp_path_factory.mktemp("clip"))
-    return models
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> dict[str, list[Path]]:
-    return colour_images(tmp_path_factory.mktemp("images"))
-
-
-def load(vlms, kind, tiny_models):
+def load(kind, tiny_vlms, tiny_clip, tiny_models):
     if kind == "composed":
         settings = VisionSettings(
-            vision_encoder=str(vlms["composed"]), language_model=str(tiny_models["gpt2"])
+            vision_encoder=str(tiny_clip), language_model=str(tiny_models["gpt2"])
         )
         return ComposedVLMBackbone.from_pretrained(None, "tiny", torch.float32, settings)
     cls = Blip2Backbone if kind.startswith("blip2") else InstructBlipBackbone
-    return cls.from_pretrained(str(vlms[kind]), kind, torch.float32, VisionSettings())
+    return cls.from_pretrained(str(tiny_vlms[kind]), kind, torch.float32, VisionSettings())
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "composed"])
-def test_lora_in_the_language_model_trains_with_a_prompt(vlms, images, tiny_models, kind):
+def test_lora_in_the_language_model_trains_with_a_prompt(
+    tiny_vlms, tiny_clip, colour_pngs, tiny_models, kind
+):
     torch.manual_seed(0)
-    backbone = load(vlms, kind, tiny_models)
+    backbone = load(kind, tiny_vlms, tiny_clip, tiny_models)
     lora = LoraTuner.create(LoraSettings(enabled=True, r=4, dropout=0.0), backbone)
     names = [n for n, m in backbone.peft_model().named_modules() if isinstance(m, BaseTunerLayer)]
     assert names, "auto targets found no module"
@@ -54,7 +42,7 @@ def test_lora_in_the_language_model_trains_with_a_prompt(vlms, images, tiny_mode
     prompt = torch.nn.Parameter(backbone.word_embeddings()[:3].detach().clone())
     rows = [
         VisionExample(id=f"{c}{i}", image_path=str(p), text="what color is it", target=c)
-        for c, paths in images.items()
+        for c, paths in colour_pngs.items()
         for i, p in enumerate(paths)
     ]
     batch = backbone.collate(rows, ENC, with_targets=True)
@@ -74,8 +62,8 @@ def test_lora_in_the_language_model_trains_with_a_prompt(vlms, images, tiny_mode
     assert moved and any(v.abs().sum() > 0 for v in moved)
 
 
-def test_lora_outside_the_language_model_is_refused(vlms, tiny_models):
-    backbone = load(vlms, "blip2-opt", tiny_models)
+def test_lora_outside_the_language_model_is_refused(tiny_vlms, tiny_models):
+    backbone = load("blip2-opt", tiny_vlms, None, tiny_models)
     settings = LoraSettings(enabled=True, r=2, target_modules=r"qformer\..*\.(query|value)")
     with pytest.raises(ValueError, match="outside the language model"):
         LoraTuner.create(settings, backbone)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from softprompt.tasks import metrics as m
 from softprompt.data.records import VisionExample
+from softprompt.tasks import metrics as m
 
 
 def test_bleu_identical_is_100_and_accepts_uneven_references() -> None:

@@ -4,12 +4,11 @@ the CLI on a tiny model; the sampling and ensemble arithmetic."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 import yaml
-from conftest import toy_task, write_jsonl
+from helpers import multitask_config, write_jsonl
 
 from softprompt.artifacts.bundle import read_bundle
 from softprompt.artifacts.prompt_dir import load_prompt
@@ -19,51 +18,6 @@ from softprompt.data.mixing import mix_indices
 from softprompt.inference.ensemble import mean_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def count_task(n: int, seed: int) -> list[dict[str, str]]:
-    """A second task: say how many words the input has."""
-    rng = random.Random(seed)
-    names = ["one", "two", "three"]
-    rows = []
-    for i in range(n):
-        k = rng.randint(1, 3)
-        words = " ".join(rng.choice(["cat", "dog", "tree"]) for _ in range(k))
-        rows.append({"id": f"c{i}", "input": words, "target": names[k - 1]})
-    return rows
-
-
-def multitask_config(tmp_path, model_dir, **extra):
-    data = tmp_path / "data"
-    colour = {
-        "train_path": str(write_jsonl(data / "colour_train.jsonl", toy_task(24, seed=1))),
-        "val_test_path": str(write_jsonl(data / "colour_val.jsonl", toy_task(6, seed=2))),
-    }
-    count = {
-        "train_path": str(write_jsonl(data / "count_train.jsonl", count_task(12, seed=3))),
-        "val_test_path": str(write_jsonl(data / "count_val.jsonl", count_task(6, seed=4))),
-        "test_path": str(write_jsonl(data / "count_test.jsonl", count_task(4, seed=5))),
-    }
-    raw = {
-        "model": {"name_or_path": str(model_dir)},
-        "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        "tasks": [
-            {"name": "colour", "num_virtual_tokens": 3, "data": colour},
-            {"name": "count", "num_virtual_tokens": 5, "data": count},
-        ],
-        "task": {"max_new_tokens": 2},
-        "training": {
-            "output_dir": str(tmp_path / "run"),
-            "max_steps": 3,
-            "batch_size": 6,
-            "learning_rate": 0.1,
-            "eval_steps": 3,
-        },
-        **extra,
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(raw))
-    return path
 
 
 def test_multitask_run_trains_every_prompt_and_reports_each_task(tiny_models, tmp_path, capsys):

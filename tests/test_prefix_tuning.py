@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 import yaml
+from helpers import make_config, write_config
 from peft import PeftModel, PrefixTuningConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
 from softprompt.artifacts.peft_files import PeftFileError
 from softprompt.backbones.base import EncodeSettings
@@ -211,28 +211,25 @@ def test_prefix_and_prompt_train_together_and_the_shared_prompt_path_holds(tiny_
 
 
 def write_run_config(path, model_dir, data, out, **method):
-    config = {
-        "model": {"name_or_path": str(model_dir)},
-        "method": {
+    config = make_config(
+        model_dir,
+        data,
+        out,
+        method={
             "prompt_tuning": {"enabled": False},
             "prefix_tuning": {"enabled": True, "num_virtual_tokens": 4, **method},
         },
-        "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-        "task": {"max_new_tokens": 3},
-        "training": {
-            "output_dir": str(out),
-            "max_steps": 6,
-            "batch_size": 8,
-            "learning_rate": 0.05,
-            "logging_steps": 1,
-            "eval_steps": 3,
-            "save_steps": 2,
-            "eval_generate": False,
-            "save_total_limit": None,
-        },
-    }
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+        task={"max_new_tokens": 3},
+        max_steps=6,
+        batch_size=8,
+        learning_rate=0.05,
+        logging_steps=1,
+        eval_steps=3,
+        save_steps=2,
+        eval_generate=False,
+        save_total_limit=None,
+    )
+    return write_config(path, config)
 
 
 def prefix_files(directory):
@@ -323,31 +320,24 @@ def test_conflicts_and_wrong_models_are_refused(tiny_models, toy_data, tmp_path)
     assert (config.num_layers, config.token_dim, config.num_attention_heads) == (2, 32, 2)
 
 
-@pytest.fixture(scope="module")
-def vlms(tmp_path_factory, tiny_models):
-    root = tmp_path_factory.mktemp("vlms")
-    models = {kind: build_vlm(kind, root) for kind in ("blip2-opt", "instructblip-t5")}
-    models["composed"] = build_tiny_clip(tmp_path_factory.mktemp("clip"))
-    models["images"] = colour_images(tmp_path_factory.mktemp("images"))
-    return models
-
-
-def load_vlm(vlms, kind, tiny_models):
+def load_vlm(kind, tiny_vlms, tiny_clip, tiny_models):
     if kind == "composed":
         settings = VisionSettings(
-            vision_encoder=str(vlms["composed"]), language_model=str(tiny_models["llama"])
+            vision_encoder=str(tiny_clip), language_model=str(tiny_models["llama"])
         )
         return ComposedVLMBackbone.from_pretrained(None, "tiny", torch.float32, settings)
     cls = Blip2Backbone if kind.startswith("blip2") else InstructBlipBackbone
-    return cls.from_pretrained(str(vlms[kind]), kind, torch.float32, VisionSettings())
+    return cls.from_pretrained(str(tiny_vlms[kind]), kind, torch.float32, VisionSettings())
 
 
 @pytest.mark.parametrize("kind", ["blip2-opt", "instructblip-t5", "composed"])
-def test_prefix_in_a_vision_language_model(vlms, tiny_models, kind, one_thread):
-    backbone = load_vlm(vlms, kind, tiny_models)
+def test_prefix_in_a_vision_language_model(
+    tiny_vlms, tiny_clip, colour_pngs, tiny_models, kind, one_thread
+):
+    backbone = load_vlm(kind, tiny_vlms, tiny_clip, tiny_models)
     rows = [
         VisionExample(id=f"{c}{i}", image_path=str(p), text="what color is it", target=c)
-        for c, paths in vlms["images"].items()
+        for c, paths in colour_pngs.items()
         for i, p in enumerate(paths)
     ]
     scored = backbone.collate(rows, ENC, with_targets=True)

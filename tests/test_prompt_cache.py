@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
+from helpers import colour_images
 
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.blip2 import Blip2Backbone
@@ -34,14 +34,8 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def vlms(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("vlms")
-    return {
-        "blip2-opt": build_vlm("blip2-opt", root),
-        "blip2-t5": build_vlm("blip2-t5", root),
-        "clip": build_tiny_clip(root),
-        "images": colour_images(root / "images", per_colour=2),
-    }
+def images(tmp_path_factory) -> dict[str, list[Path]]:
+    return colour_images(tmp_path_factory.mktemp("images"), per_colour=2)
 
 
 def text_batch(backbone, texts=TEXTS):
@@ -262,16 +256,18 @@ def vlm_ids(backbone, batch, prompt, prefix) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("placement", ["before_image", "after_image"])
-def test_composed_model_reuses_a_prompt_before_the_image(vlms, tiny_models, placement) -> None:
+def test_composed_model_reuses_a_prompt_before_the_image(
+    tiny_clip, images, tiny_models, placement
+) -> None:
     torch.manual_seed(0)
     settings = VisionSettings(
-        vision_encoder=str(vlms["clip"]),
+        vision_encoder=str(tiny_clip),
         language_model=str(tiny_models["gpt2"]),
         placement=placement,
     )
     backbone = ComposedVLMBackbone.from_pretrained(None, "tiny", torch.float32, settings)
     backbone.model.eval()
-    rows = vision_rows(vlms["images"])
+    rows = vision_rows(images)
     batch = backbone.collate(rows, ENC, with_targets=False)
     prompt = PromptInput.single(random_prompt(backbone).detach(), len(rows))
     with torch.no_grad():
@@ -285,12 +281,12 @@ def test_composed_model_reuses_a_prompt_before_the_image(vlms, tiny_models, plac
     assert_not_degenerate(plain)
 
 
-def test_blip2_opt_reuses_and_blip2_t5_does_not(vlms) -> None:
+def test_blip2_opt_reuses_and_blip2_t5_does_not(tiny_vlms, images) -> None:
     backbone = Blip2Backbone.from_pretrained(
-        str(vlms["blip2-opt"]), "blip2-opt", torch.float32, VisionSettings()
+        str(tiny_vlms["blip2-opt"]), "blip2-opt", torch.float32, VisionSettings()
     )
     backbone.model.eval()
-    rows = vision_rows(vlms["images"])
+    rows = vision_rows(images)
     batch = backbone.collate(rows, ENC, with_targets=False)
     prompt = PromptInput.single(random_prompt(backbone).detach(), len(rows))
     with torch.no_grad():
@@ -302,6 +298,6 @@ def test_blip2_opt_reuses_and_blip2_t5_does_not(vlms) -> None:
     assert_not_degenerate(plain)
     assert (backbone.lm.prompt_kv.misses, backbone.lm.prompt_kv.hits) == (1, 1)
     t5 = Blip2Backbone.from_pretrained(
-        str(vlms["blip2-t5"]), "blip2-t5", torch.float32, VisionSettings()
+        str(tiny_vlms["blip2-t5"]), "blip2-t5", torch.float32, VisionSettings()
     )
     assert t5.lm.prompt_kv is None

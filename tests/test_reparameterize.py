@@ -11,8 +11,7 @@ import shutil
 
 import pytest
 import torch
-import yaml
-from conftest import toy_task
+from helpers import make_config, toy_task, write_config
 from peft import PeftModel, PromptEncoder, PromptEncoderConfig
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -241,25 +240,21 @@ def test_residual_branch_is_the_papers_formula():
     torch.testing.assert_close(enc(x), want)
 
 
-def write_config(tiny_models, toy_data, tmp_path, method: dict) -> str:
-    cfg = {
-        "model": {"name_or_path": str(tiny_models["llama"])},
-        "method": method,
-        "data": {"train_path": str(toy_data["train"]), "val_test_path": str(toy_data["val"])},
-        "task": {"max_new_tokens": 3},
-        "training": {
-            "output_dir": str(tmp_path / "full"),
-            "epochs": 2,
-            "batch_size": 8,
-            "learning_rate": 0.03,
-            "save_steps": 3,
-            "save_total_limit": None,
-            "eval_generate": False,
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(cfg))
-    return str(path)
+def resume_config(tiny_models, toy_data, tmp_path, method: dict) -> str:
+    cfg = make_config(
+        tiny_models["llama"],
+        toy_data,
+        tmp_path / "full",
+        method=method,
+        task={"max_new_tokens": 3},
+        epochs=2,
+        batch_size=8,
+        learning_rate=0.03,
+        save_steps=3,
+        save_total_limit=None,
+        eval_generate=False,
+    )
+    return str(write_config(tmp_path / "config.yaml", cfg))
 
 
 RESUME_CASES = {
@@ -277,7 +272,7 @@ RESUME_CASES = {
 def test_resume_through_the_cli_equals_an_uninterrupted_run(
     tiny_models, toy_data, tmp_path, capsys, case
 ):
-    config = write_config(tiny_models, toy_data, tmp_path, RESUME_CASES[case])
+    config = resume_config(tiny_models, toy_data, tmp_path, RESUME_CASES[case])
     assert main(["train", config, "--no-progress"]) == 0
     full = tmp_path / "full"
     prompt_dir = "prompt/" if "lora" in case else ""

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vlm_fixtures import build_tiny_clip, colour_images
+from helpers import colour_images, image_folders, make_config, write_config
 
 from softprompt.commands.cli import main
 from softprompt.workflows.report.data import format_number, read_jsonl
 from softprompt.workflows.report.examples import MAX_EXAMPLES, answer_groups, select_examples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+SPLITS = {"train": 6, "val": 3, "test": 4}  # images per class of the classify run
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -55,38 +56,24 @@ def run_chromium(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def reported_run(tiny_models, tmp_path_factory):
+def reported_run(tiny_models, tiny_clip, tmp_path_factory):
     """A tiny classify run (CLIP -> GPT-2), its zero-shot baseline and its report."""
     root = tmp_path_factory.mktemp("report")
-    for split, count in (("train", 6), ("val", 3), ("test", 4)):
-        for colour, paths in colour_images(root / "flat" / split, per_colour=count).items():
-            (root / split / colour).mkdir(parents=True, exist_ok=True)
-            for path in paths:
-                shutil.copy(path, root / split / colour / path.name)
+    data = {split: image_folders(root / split, count) for split, count in SPLITS.items()}
     out = root / "run"
-    config = root / "config.yaml"
-    sections = {
-        "model": {
-            "name_or_path": str(tiny_models["gpt2"]),
-            "vision_encoder": str(build_tiny_clip(root)),
-        },
-        "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        "data": {
-            "train_path": str(root / "train"),
-            "val_test_path": str(root / "val"),
-            "test_path": str(root / "test"),
-        },
-        "task": {"type": "classify", "instruction": "Which colour?", "positive_label": "red"},
-        "training": {
-            "output_dir": str(out),
-            "epochs": 3,
-            "batch_size": 4,
-            "learning_rate": 0.3,
-            "projection_learning_rate": 0.01,
-            "metric_for_best_model": "eval_accuracy",
-        },
-    }
-    config.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(sections))
+    sections = make_config(
+        tiny_models["gpt2"],
+        data,
+        out,
+        model_options={"vision_encoder": str(tiny_clip)},
+        task={"type": "classify", "instruction": "Which colour?", "positive_label": "red"},
+        epochs=3,
+        batch_size=4,
+        learning_rate=0.3,
+        projection_learning_rate=0.01,
+        metric_for_best_model="eval_accuracy",
+    )
+    config = write_config(root / "config.yaml", sections)
     assert main(["train", str(config), "--no-progress"]) == 0
     assert main(["baseline", str(config), "--no-progress"]) == 0
     html = out / "report" / "report.html"
@@ -296,7 +283,9 @@ def test_selection_puts_changed_answers_first(tmp_path):
     assert what == "reference answer" and list(groups) == ["a"]
 
 
-def test_demo_reuses_its_zero_shot_predictions_for_the_report(tiny_models, tmp_path, capsys):
+def test_demo_reuses_its_zero_shot_predictions_for_the_report(
+    tiny_models, tiny_clip, tmp_path, capsys
+):
     """demo/run_demo.py's code path on a tiny VQA run: baseline, training, report."""
     import importlib.util
 
@@ -309,16 +298,15 @@ def test_demo_reuses_its_zero_shot_predictions_for_the_report(tiny_models, tmp_p
     data = tmp_path / "vqa.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    sections = {
-        "model": {
-            "name_or_path": str(tiny_models["gpt2"]),
-            "vision_encoder": str(build_tiny_clip(tmp_path)),
-        },
-        "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        "data": {"train_path": str(data), "test_path": str(data), "validation": False},
-        "task": {"type": "vqa", "max_new_tokens": 2},
-        "training": {"output_dir": str(out), "max_steps": 4, "batch_size": 3},
-    }
+    sections = make_config(
+        tiny_models["gpt2"],
+        {"train": data, "test": data, "validation": False},
+        out,
+        model_options={"vision_encoder": str(tiny_clip)},
+        task={"type": "vqa", "max_new_tokens": 2},
+        max_steps=4,
+        batch_size=3,
+    )
     config = tmp_path / "demo.yaml"
     config.write_text("# python demo/run_demo.py demo.yaml\n" + yaml.safe_dump(sections))
     path = Path(__file__).resolve().parent.parent / "demo" / "run_demo.py"

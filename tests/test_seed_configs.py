@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import toy_task, write_jsonl
+from helpers import colour_images, image_folders, toy_task, write_jsonl
 from safetensors.torch import load_file
-from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
 from softprompt.config.run import RunConfig, build_config, load_config
 from softprompt.train.loop import train
@@ -45,16 +44,6 @@ def with_changes(config: RunConfig, changes: dict[str, Any]) -> RunConfig:
             node = node[part]
         node[leaf] = value
     return build_config(raw, source="<test>")
-
-
-def class_folders(root: Path, classes: list[str], per_class: int = 2) -> Path:
-    """root/<class>/*.png, one colour per class."""
-    images = colour_images(root.parent / f"{root.name}_flat", per_colour=per_class)
-    for name, paths in zip(classes, images.values(), strict=True):
-        (root / name).mkdir(parents=True)
-        for path in paths:
-            shutil.copy(path, root / name / path.name)
-    return root
 
 
 def caption_pairs(path: Path, image_field: str, text_field: str) -> Path:
@@ -100,21 +89,26 @@ def text_rows(path: Path, config: RunConfig, seed: int) -> str:
     return str(write_jsonl(path, rows))
 
 
-def seed_changes(name: str, config: RunConfig, tmp: Path, tiny_models) -> dict[str, Any]:
-    """Tiny model and data for one seed config (and, for seed 002, its frozen LoRA)."""
+def seed_changes(name: str, config: RunConfig, tmp: Path, models: dict) -> dict[str, Any]:
+    """Tiny model and data for one seed config (and, for seed 002, its frozen LoRA).
+
+    Args:
+        models: the session's "text" (tiny_models), "vlm" (tiny_vlms) and "clip" (tiny_clip).
+    """
+    tiny_models, tiny_vlms = models["text"], models["vlm"]
     if name.startswith("seed000"):
         classes = sorted(config.task.labels)  # ai, nature
         return {
-            "model.name_or_path": str(build_vlm("instructblip-t5", tmp)),
-            "data.train_path": str(class_folders(tmp / "ai_detection" / "train", classes)),
-            "data.val_test_path": str(class_folders(tmp / "ai_detection" / "val", classes)),
+            "model.name_or_path": str(tiny_vlms["instructblip-t5"]),
+            "data.train_path": str(image_folders(tmp / "ai_detection" / "train", 2, classes)),
+            "data.val_test_path": str(image_folders(tmp / "ai_detection" / "val", 2, classes)),
         }
     if name.startswith("seed001"):
         fields, gpt2 = (config.data.image_field, config.data.text_field), str(tiny_models["gpt2"])
         return {
             "model.name_or_path": gpt2,
             "model.language_model": gpt2,
-            "model.vision_encoder": str(build_tiny_clip(tmp)),
+            "model.vision_encoder": str(models["clip"]),
             "data.train_path": str(caption_pairs(tmp / "train" / "train.json", *fields)),
             "data.val_test_path": str(caption_pairs(tmp / "val" / "val.json", *fields)),
         }
@@ -122,7 +116,7 @@ def seed_changes(name: str, config: RunConfig, tmp: Path, tiny_models) -> dict[s
         (tmp / "train2014").mkdir()
         (tmp / "val2014").mkdir()
         return {
-            "model.name_or_path": str(build_vlm("blip2-opt", tmp)),
+            "model.name_or_path": str(tiny_vlms["blip2-opt"]),
             "data.train_path": str(vqav2_files(tmp / "train2014", "train2014")),
             "data.val_test_path": str(vqav2_files(tmp / "val2014", "val2014")),
             "training.metric_for_best_model": "eval_loss",  # VQA accuracy needs generation
@@ -167,7 +161,7 @@ def short_run(out: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", SEEDS)
-def test_seed_config_trains_two_steps(name, tiny_models, tmp_path):
+def test_seed_config_trains_two_steps(name, tiny_models, tiny_vlms, tiny_clip, tmp_path):
     path = CONFIGS / f"{name}.yaml"
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == f"# softprompt train configs/{name}.yaml"
@@ -175,7 +169,8 @@ def test_seed_config_trains_two_steps(name, tiny_models, tmp_path):
     config = load_config(path)
     shipped = config.model_copy(deep=True)
     out = tmp_path / "run"
-    changes = seed_changes(name, config, tmp_path, tiny_models)
+    models = {"text": tiny_models, "vlm": tiny_vlms, "clip": tiny_clip}
+    changes = seed_changes(name, config, tmp_path, models)
     config = with_changes(config, {**changes, **short_run(out)})
     # What the test keeps as written: the method settings (QLoRA's 4 bits included).
     assert config.method.enabled_methods() == shipped.method.enabled_methods()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_composed import build, examples, images, tiny_clip  # noqa: F401  (fixtures)
+from test_composed import build, examples, images  # noqa: F401  (fixtures)
 
 from softprompt.backbones.base import EncodeSettings
 from softprompt.backbones.causal_lm import CausalLMBackbone

@@ -6,11 +6,11 @@ import json
 import shutil
 
 import pytest
-import yaml
+from helpers import make_config, write_config
 
-from softprompt.workflows import sweep as sweep_module
 from softprompt.commands.cli import main
 from softprompt.config.run import ConfigError
+from softprompt.workflows import sweep as sweep_module
 from softprompt.workflows.sweep import (
     Axis,
     check_cells,
@@ -32,23 +32,18 @@ def _one_thread_children(monkeypatch, one_thread):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def write_config(tmp_path, model_dir, data):
-    path = tmp_path / "config.yaml"
-    config = {
-        "model": {"name_or_path": str(model_dir)},
-        "method": {"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-        "task": {"max_new_tokens": 3},
-        "training": {
-            "output_dir": str(tmp_path / "unused"),
-            "max_steps": 2,
-            "batch_size": 8,
-            "eval_generate": False,
-            "learning_rate": 0.1,
-        },
-    }
-    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(config))
-    return path
+def sweep_config(tmp_path, model_dir, data):
+    raw = make_config(
+        model_dir,
+        data,
+        tmp_path / "unused",
+        task={"max_new_tokens": 3},
+        max_steps=2,
+        batch_size=8,
+        eval_generate=False,
+        learning_rate=0.1,
+    )
+    return write_config(tmp_path / "config.yaml", raw)
 
 
 def test_grid_values_and_cell_names():
@@ -105,7 +100,7 @@ def test_bad_grids_are_refused(grid, message):
 
 
 def test_a_bad_value_fails_before_anything_trains(tiny_models, toy_data, tmp_path, capsys):
-    config = write_config(tmp_path, tiny_models["gpt2"], toy_data)
+    config = sweep_config(tmp_path, tiny_models["gpt2"], toy_data)
     out = tmp_path / "sweep"
     argv = ["sweep", str(config), "--grid", f"{NVT}=2,0", "--output-dir", str(out)]
     assert main(argv) == 2
@@ -117,7 +112,7 @@ def test_a_bad_value_fails_before_anything_trains(tiny_models, toy_data, tmp_pat
 
 
 def test_cells_may_set_what_the_file_lacks(tiny_models, toy_data, tmp_path):
-    config = write_config(tmp_path, tiny_models["gpt2"], toy_data)
+    config = sweep_config(tmp_path, tiny_models["gpt2"], toy_data)
     text_init = ["method.prompt_tuning.init_method=TEXT"]  # invalid alone: needs init_text
     grid = ["method.prompt_tuning.init_text=cat dog,red"]
     out = default_output_dir(config, text_init, grid)
@@ -130,7 +125,7 @@ def test_cells_may_set_what_the_file_lacks(tiny_models, toy_data, tmp_path):
 def test_sweep_trains_each_cell_and_resumes_an_interrupted_one(
     tiny_models, toy_data, tmp_path, capsys
 ):
-    config = write_config(tmp_path, tiny_models["gpt2"], toy_data)
+    config = sweep_config(tmp_path, tiny_models["gpt2"], toy_data)
     out = tmp_path / "sweep"
     argv = ["sweep", str(config), "--grid", f"{NVT}=2,3", "--grid", f"{INIT}=RANDOM,VOCAB"]
     argv += ["--output-dir", str(out)]
@@ -177,7 +172,7 @@ def test_sweep_trains_each_cell_and_resumes_an_interrupted_one(
 def test_a_failing_cell_is_reported_and_the_others_still_run(
     tiny_models, toy_data, tmp_path, capsys
 ):
-    config = write_config(tmp_path, tiny_models["gpt2"], toy_data)
+    config = sweep_config(tmp_path, tiny_models["gpt2"], toy_data)
     out = tmp_path / "sweep"
     # An unknown metric passes the config check and fails at the first evaluation.
     grid = "training.metric_for_best_model=eval_bogus,eval_loss"
@@ -193,7 +188,7 @@ def test_a_failing_cell_is_reported_and_the_others_still_run(
 
 
 def test_fail_fast_stops_at_the_first_failure(tiny_models, toy_data, tmp_path, monkeypatch):
-    config = write_config(tmp_path, tiny_models["gpt2"], toy_data)
+    config = sweep_config(tmp_path, tiny_models["gpt2"], toy_data)
     ran, seen = [], []
 
     def failing_run(config, overrides, cell, cell_dir):

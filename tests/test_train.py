@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 import torch
+from helpers import make_config, prompt_method
 from safetensors.torch import load_file
 
-from softprompt.config.run import ConfigError, build_config
+from softprompt.config.run import ConfigError, RunConfig, build_config
 from softprompt.train.checkpoint import (
     CheckpointError,
     find_latest_checkpoint,
@@ -18,27 +19,21 @@ from softprompt.train.checkpoint import (
 from softprompt.train.loop import train
 from softprompt.train.run_files import MetricsLog
 
+TRAINING = {
+    "epochs": 4,
+    "batch_size": 8,
+    "learning_rate": 0.5,
+    "logging_steps": 1,
+    "eval_generate": False,
+    "save_total_limit": None,
+}
+PROMPT = prompt_method(num_virtual_tokens=8)
+TASK = {"max_new_tokens": 3}
 
-def make_config(model_dir, data, out, **training):
-    base = {
-        "output_dir": str(out),
-        "epochs": 4,
-        "batch_size": 8,
-        "learning_rate": 0.5,
-        "logging_steps": 1,
-        "eval_generate": False,
-        "save_total_limit": None,
-    }
-    base.update(training)
-    return build_config(
-        {
-            "model": {"name_or_path": str(model_dir)},
-            "method": {"prompt_tuning": {"num_virtual_tokens": 8, "init_method": "RANDOM"}},
-            "data": {"train_path": str(data["train"]), "val_test_path": str(data["val"])},
-            "task": {"max_new_tokens": 3},
-            "training": base,
-        }
-    )
+
+def run_config(model_dir, data, out, **training) -> RunConfig:
+    raw = make_config(model_dir, data, out, method=PROMPT, task=TASK, training=TRAINING, **training)
+    return build_config(raw)
 
 
 def prompt_of(directory):
@@ -48,7 +43,7 @@ def prompt_of(directory):
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "t5"])
 def test_loss_falls_and_run_dir_is_complete(tiny_models, toy_data, tmp_path, kind):
     out = tmp_path / "run"
-    results = train(make_config(tiny_models[kind], toy_data, out))
+    results = train(run_config(tiny_models[kind], toy_data, out))
     losses = [e["eval_loss"] for e in results["evaluations"]]
     assert losses[-1] < losses[0] - 0.05, losses
     for name in ("config.yaml", "metrics.jsonl", "all_results.json", "best"):
@@ -66,7 +61,7 @@ def test_loss_falls_and_run_dir_is_complete(tiny_models, toy_data, tmp_path, kin
 def test_resume_gives_the_same_prompt_as_an_uninterrupted_run(tiny_models, toy_data, tmp_path):
     # GPT-2 has dropout, so this also checks that the RNG state is restored.
     full = tmp_path / "full"
-    train(make_config(tiny_models["gpt2"], toy_data, full, save_steps=5, epochs=3))
+    train(run_config(tiny_models["gpt2"], toy_data, full, save_steps=5, epochs=3))
     final = find_latest_checkpoint(full)
     assert final is not None and final.name == "checkpoint-18"
 
@@ -74,14 +69,14 @@ def test_resume_gives_the_same_prompt_as_an_uninterrupted_run(tiny_models, toy_d
     part = tmp_path / "part"
     part.mkdir()
     shutil.copytree(full / "checkpoint-10", part / "checkpoint-10")
-    cfg = make_config(tiny_models["gpt2"], toy_data, part, save_steps=5, epochs=3)
+    cfg = run_config(tiny_models["gpt2"], toy_data, part, save_steps=5, epochs=3)
     train(cfg, resume="auto")
     assert torch.equal(prompt_of(part / "checkpoint-18"), prompt_of(final))
     assert not torch.equal(prompt_of(full / "checkpoint-10"), prompt_of(final))
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tiny_models, toy_data, tmp_path):
-    cfg_a = make_config(
+    cfg_a = run_config(
         tiny_models["llama"],
         toy_data,
         tmp_path / "a",
@@ -91,7 +86,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(tiny_models, toy_data, tmp
         group_by_length=False,
         max_grad_norm=None,
     )
-    cfg_b = make_config(
+    cfg_b = run_config(
         tiny_models["llama"],
         toy_data,
         tmp_path / "b",
@@ -111,7 +106,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(tiny_models, toy_data, tmp
 
 def test_incomplete_and_damaged_checkpoints_are_skipped(tiny_models, toy_data, tmp_path):
     out = tmp_path / "run"
-    train(make_config(tiny_models["gpt2"], toy_data, out, save_steps=4, epochs=2))
+    train(run_config(tiny_models["gpt2"], toy_data, out, save_steps=4, epochs=2))
     latest = find_latest_checkpoint(out)
     assert latest.name == "checkpoint-12"
     # A checkpoint that was being written when the process died has no trainer_state.json.
@@ -130,7 +125,7 @@ def test_incomplete_and_damaged_checkpoints_are_skipped(tiny_models, toy_data, t
 def test_early_stopping_and_best_metric(tiny_models, toy_data, tmp_path):
     # A tiny learning rate never improves eval_loss enough... use a metric that cannot
     # improve: patience 1 on a constant-ish metric stops after the second evaluation.
-    cfg = make_config(
+    cfg = run_config(
         tiny_models["gpt2"],
         toy_data,
         tmp_path / "r",
@@ -145,7 +140,7 @@ def test_early_stopping_and_best_metric(tiny_models, toy_data, tmp_path):
 
 
 def test_unknown_best_metric_fails_with_available_names(tiny_models, toy_data, tmp_path):
-    cfg = make_config(
+    cfg = run_config(
         tiny_models["gpt2"], toy_data, tmp_path / "r", metric_for_best_model="eval_acc"
     )
     with pytest.raises(ConfigError, match="eval_loss"):
@@ -177,14 +172,14 @@ def test_a_fresh_start_refuses_an_earlier_run_and_overwrite_replaces_it(
     tiny_models, toy_data, tmp_path
 ):
     out = tmp_path / "run"
-    first = train(make_config(tiny_models["llama"], toy_data, out, max_steps=3, seed=1))
+    first = train(run_config(tiny_models["llama"], toy_data, out, max_steps=3, seed=1))
     assert first["global_step"] == 3
     old_best = prompt_of(out / "best")
     with pytest.raises(ConfigError, match=r"earlier run \(checkpoint-3.*overwrite_output_dir"):
-        train(make_config(tiny_models["llama"], toy_data, out, max_steps=2, seed=2))
+        train(run_config(tiny_models["llama"], toy_data, out, max_steps=2, seed=2))
     assert torch.equal(prompt_of(out / "best"), old_best)  # nothing was touched
 
-    again = make_config(
+    again = run_config(
         tiny_models["llama"], toy_data, out, max_steps=2, seed=2, overwrite_output_dir=True
     )
     train(again)
@@ -200,7 +195,7 @@ def test_without_validation_best_is_the_last_step_also_after_a_resume(
     out = tmp_path / "run"
 
     def config(steps):
-        cfg = make_config(tiny_models["llama"], toy_data, out, max_steps=steps, save_steps=2)
+        cfg = run_config(tiny_models["llama"], toy_data, out, max_steps=steps, save_steps=2)
         return build_config({**cfg.model_dump(mode="json"), "data": {
             **cfg.data.model_dump(mode="json"), "validation": False}})  # fmt: skip
 

@@ -6,9 +6,8 @@ import json
 import shutil
 
 import pytest
-import yaml
+from helpers import colour_images, image_folders, make_config, write_config
 from safetensors.torch import load_file
-from vlm_fixtures import build_tiny_clip, build_vlm, colour_images
 
 from softprompt.commands.cli import main
 
@@ -20,44 +19,32 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def folders(tmp_path_factory):
     """train/{red,blue} and val/{red,blue}, plus one corrupt file in train/red."""
     root = tmp_path_factory.mktemp("folders")
-    for split, count in (("train", 6), ("val", 3)):
-        images = colour_images(root / "flat" / split, per_colour=count)
-        for colour, paths in images.items():
-            (root / split / colour).mkdir(parents=True, exist_ok=True)
-            for path in paths:
-                shutil.copy(path, root / split / colour / path.name)
+    image_folders(root / "train", per_class=6)
+    image_folders(root / "val", per_class=3)
     (root / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return root
 
 
-def write_config(path, **sections):
-    path.write_text("# softprompt train config.yaml\n" + yaml.safe_dump(sections))
-    return path
-
-
-def test_classify_with_composed_clip_gpt2(tiny_models, folders, tmp_path, capsys):
-    clip = build_tiny_clip(tmp_path)
+def test_classify_with_composed_clip_gpt2(tiny_models, tiny_clip, folders, tmp_path, capsys):
     out = tmp_path / "run"
-    config = write_config(
-        tmp_path / "config.yaml",
-        model={"name_or_path": str(tiny_models["gpt2"]), "vision_encoder": str(clip)},
-        method={"prompt_tuning": {"num_virtual_tokens": 4, "init_method": "RANDOM"}},
-        data={"train_path": str(folders / "train"), "val_test_path": str(folders / "val")},
+    raw = make_config(
+        tiny_models["gpt2"],
+        {"train": folders / "train", "val": folders / "val"},
+        out,
+        model_options={"vision_encoder": str(tiny_clip)},
         task={
             "type": "classify",
             "instruction": "Which colour?",
             "labels": {"red": "red", "blue": "blue"},
             "positive_label": "red",
         },
-        training={
-            "output_dir": str(out),
-            "epochs": 3,
-            "batch_size": 4,
-            "learning_rate": 0.3,
-            "projection_learning_rate": 0.01,
-            "metric_for_best_model": "eval_accuracy",
-        },
+        epochs=3,
+        batch_size=4,
+        learning_rate=0.3,
+        projection_learning_rate=0.01,
+        metric_for_best_model="eval_accuracy",
     )
+    config = write_config(tmp_path / "config.yaml", raw)
     assert main(["train", str(config), "--no-progress"]) == 0
     results = json.loads((out / "all_results.json").read_text())
     assert results["skipped_inputs"] == 1
@@ -117,8 +104,8 @@ def pairs_file(path, images, key="text", extra=None):
 
 
 @pytest.mark.parametrize("kind", ["instructblip-opt", "blip2-t5"])
-def test_caption_and_vqa_with_blip_models(kind, tmp_path, capsys):
-    model = build_vlm(kind, tmp_path)
+def test_caption_and_vqa_with_blip_models(kind, tiny_vlms, tmp_path, capsys):
+    model = tiny_vlms[kind]
     images = colour_images(tmp_path / "img", per_colour=3)
     vqa = kind.startswith("blip2")
     data = pairs_file(
@@ -131,14 +118,17 @@ def test_caption_and_vqa_with_blip_models(kind, tmp_path, capsys):
     if kind.startswith("instructblip"):
         prompt_cfg["qformer_prompt_tokens"] = 2
     out = tmp_path / "run"
-    config = write_config(
-        tmp_path / "config.yaml",
-        model={"name_or_path": str(model)},
+    raw = make_config(
+        model,
+        {"train": data, "val": data},
+        out,
         method={"prompt_tuning": prompt_cfg},
-        data={"train_path": str(data), "val_test_path": str(data)},
         task={"type": "vqa" if vqa else "caption", "max_new_tokens": 4},
-        training={"output_dir": str(out), "epochs": 4, "batch_size": 3, "learning_rate": 0.3},
+        epochs=4,
+        batch_size=3,
+        learning_rate=0.3,
     )
+    config = write_config(tmp_path / "config.yaml", raw)
     assert main(["train", str(config), "--no-progress"]) == 0
     evals = json.loads((out / "all_results.json").read_text())["evaluations"]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]

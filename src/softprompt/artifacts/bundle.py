@@ -8,71 +8,119 @@ saves one directory per adapter (`prompt/`, `lora/`, `full/`), each loadable on 
 `softprompt.json` manifest: base model, fingerprint, task, and each adapter's directory,
 method and whether it is on. Trainable backbone extras (a projection) go with the prompt,
 or into `modules.safetensors` when there is no prompt.
+
+`read_bundle` reads any of the on-disk formats: the first in `FORMATS` whose `detect`
+says yes reads the directory.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from softprompt.artifacts.bank import is_bank, read_bank_extras, read_bank_meta
-from softprompt.artifacts.prompt_dir import (
+from softprompt.artifacts.bank import BankDir, read_bank_extras
+from softprompt.artifacts.manifest import (
     META_FILE,
-    LoadedPrompt,
+    MODULES_FILE,
     PromptLoadError,
-    _read_json_object,
-    load_prompt,
-    sha256_file,
+    add_to_manifest,
+    load_tensors,
+    manifest_format,
+    model_fields,
+    read_json_object,
+    save_tensors,
+    tree_files,
     verify_manifest_files,
+    write_manifest,
 )
+from softprompt.artifacts.peft_files import PeftPrefixDir
+from softprompt.artifacts.prompt_dir import PromptDir, load_prompt
+from softprompt.artifacts.saved import Adapter, Bundle
 
 BUNDLE_FORMAT = "softprompt-bundle"
-MODULES_FILE = "modules.safetensors"
+
+__all__ = ["FORMATS", "Adapter", "Bundle", "BundleDir", "read_bundle", "write_bundle"]
 
 
-@dataclass
-class Adapter:
-    """One adapter of a bundle: where it is, which method wrote it, whether it is on."""
+class BundleDir:
+    """The multi-adapter bundle format (`softprompt-bundle`): a manifest at the root,
+    one directory per adapter below it."""
 
-    path: Path
-    method: str
-    enabled: bool = True
+    @staticmethod
+    def detect(directory: Path) -> bool:
+        """True when the directory's manifest names the bundle format."""
+        return manifest_format(directory) == BUNDLE_FORMAT
+
+    @staticmethod
+    def read(directory: Path) -> Bundle:
+        """The bundle's adapters, its files verified; the prompt adapter read once.
+
+        Raises:
+            PromptLoadError: a damaged manifest or adapter entry, or a tampered file.
+        """
+        directory = Path(directory)
+        meta = read_json_object(directory / META_FILE)
+        verify_manifest_files(directory, meta, "bundle")
+        raw = meta.get("adapters")
+        if not isinstance(raw, dict) or not raw:
+            raise PromptLoadError(f"{directory / META_FILE}: no 'adapters' listed")
+        adapters = {}
+        for name, entry in raw.items():
+            if not isinstance(entry, dict) or entry.get("path") != name:
+                raise PromptLoadError(f"{directory / META_FILE}: bad entry for adapter {name!r}")
+            adapters[name] = Adapter(
+                directory / name, str(entry.get("method")), bool(entry.get("enabled", True))
+            )
+        prompt_adapter = adapters.get("prompt")
+        if prompt_adapter is not None and prompt_adapter.method == "prompt_bank":
+            return Bundle(directory, meta, adapters, read_bank_extras(prompt_adapter.path))
+        if prompt_adapter is not None:
+            prompt = load_prompt(prompt_adapter.path)
+            return Bundle(directory, meta, adapters, prompt.extra, prompt)
+        extras = {}
+        if (directory / MODULES_FILE).is_file():
+            extras = load_tensors(directory / MODULES_FILE)
+        return Bundle(directory, meta, adapters, extras)
+
+    @staticmethod
+    def write(
+        directory: Path,
+        context: dict[str, Any],
+        adapters: dict[str, dict[str, Any]],
+        extras: dict[str, torch.Tensor],
+    ) -> None:
+        """The extras and the manifest of a bundle whose adapter directories are written.
+
+        Args:
+            context: family, base_model, fingerprint, placement, task.
+            adapters: adapter name -> {"path", "method", "enabled"}.
+            extras: the backbone's trainable state when no prompt carries it ({} else),
+                into `modules.safetensors`.
+        """
+        if extras:
+            save_tensors(directory / MODULES_FILE, extras)
+        fields = {**model_fields(context), "task": context.get("task") or {}, "adapters": adapters}
+        files = tree_files(directory, nested_manifests=False)
+        write_manifest(directory, BUNDLE_FORMAT, fields, files)
 
 
-@dataclass
-class Bundle:
-    """A bundle read from disk (or a prompt directory seen as a one-adapter bundle).
+# Detection order: a bank and a bundle name their format in the manifest; a PEFT prefix
+# has no manifest; a prompt directory (ours or PEFT's) is what is left.
+FORMATS = (BankDir, PeftPrefixDir, BundleDir, PromptDir)
 
-    Attributes:
-        directory: the bundle's root.
-        meta: the manifest (or the prompt's softprompt.json; {} for a PEFT prompt).
-        adapters: adapter name ("prompt", "lora", "full") -> `Adapter`.
-        extras: trainable backbone state saved beside the adapters (projection, ...).
-        prompt: the prompt adapter as read (read once; its loader takes it from here).
+
+def read_bundle(directory: str | Path) -> Bundle:
+    """Read a bundle, a bank, a prompt directory of ours, or a prompt or prefix PEFT saved.
+
+    Raises:
+        PromptLoadError: missing, damaged or tampered-with files.
     """
-
-    directory: Path
-    meta: dict[str, Any]
-    adapters: dict[str, Adapter]
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    prompt: LoadedPrompt | None = None
-
-    @property
-    def base_model(self) -> str | None:
-        """The recorded base model (a PEFT prompt names it in adapter_config.json)."""
-        recorded = self.meta.get("base_model")
-        return recorded or (self.prompt.base_model if self.prompt is not None else None)
-
-    @property
-    def task(self) -> dict[str, Any]:
-        task = self.meta.get("task")
-        return task if isinstance(task, dict) else {}
+    directory = Path(directory)
+    # Nothing detected: reading it as a prompt directory says what is missing or wrong.
+    found = next((f for f in FORMATS if f.detect(directory)), PromptDir)
+    return found.read(directory)
 
 
 def write_bundle(
@@ -85,115 +133,20 @@ def write_bundle(
         context: family, base_model, fingerprint, task, placement (for every adapter).
         extras: the backbone's `state_for_save()` (may be empty).
     """
+    directory = Path(directory)
     savable = [t for t in tuners if t.adapter]
     prompt = next((t for t in savable if t.adapter == "prompt"), None)
     if prompt is not None and len(savable) == 1:
         prompt.save(directory, {**context, "extra": extras})
-        meta = _read_json_object(directory / META_FILE)
-        meta["adapters"] = {"prompt": _entry(".", prompt)}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        add_to_manifest(directory, {"adapters": {"prompt": _entry(".", prompt)}})
         return
     directory.mkdir(parents=True, exist_ok=True)
     for tuner in savable:
         own = {**context, "extra": extras if tuner is prompt else None}
         tuner.save(directory / tuner.adapter, own)
-    if extras and prompt is None:
-        tensors = {k: v.detach().float().cpu().contiguous() for k, v in extras.items()}
-        save_file(tensors, str(directory / MODULES_FILE), metadata={"format": "pt"})
-    files = {
-        f.relative_to(directory).as_posix(): sha256_file(f)
-        for f in sorted(directory.rglob("*"))
-        if f.is_file() and f.name != META_FILE
-    }
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "format_version": 1,
-        "family": context["family"],
-        "base_model": context["base_model"],
-        "fingerprint": context["fingerprint"],
-        "placement": context.get("placement", "prepend"),
-        "task": context.get("task") or {},
-        "adapters": {t.adapter: _entry(t.adapter, t) for t in savable},
-        "files": files,
-    }
-    (directory / META_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    adapters = {t.adapter: _entry(t.adapter, t) for t in savable}
+    BundleDir.write(directory, context, adapters, extras if prompt is None else {})
 
 
 def _entry(path: str, tuner) -> dict[str, Any]:
-    method = getattr(tuner, "saved_method", tuner.name)  # a prompt bank saves as one
-    return {"path": path, "method": method, "enabled": bool(tuner.enabled)}
-
-
-def is_bundle(directory: Path) -> bool:
-    """True for a multi-adapter bundle (a manifest at the root, adapters below it)."""
-    meta = Path(directory) / META_FILE
-    if not meta.is_file():
-        return False
-    try:
-        return _read_json_object(meta).get("format") == BUNDLE_FORMAT
-    except PromptLoadError:
-        return False
-
-
-def read_bundle(directory: str | Path) -> Bundle:
-    """Read a bundle, a prompt directory of ours, or a prompt PEFT saved.
-
-    Raises:
-        PromptLoadError: missing, damaged or tampered-with files.
-    """
-    directory = Path(directory)
-    if is_bank(directory):
-        meta = read_bank_meta(directory)
-        adapters = {"prompt": Adapter(directory, "prompt_bank")}
-        return Bundle(directory, meta, adapters, read_bank_extras(directory))
-    peft_prefix = _peft_prefix_base(directory)
-    if peft_prefix is not None:  # a prefix PEFT saved: one adapter, no metadata of ours
-        adapters = {"prefix": Adapter(directory, "prefix_tuning")}
-        return Bundle(directory, {"base_model": peft_prefix}, adapters)
-    if not is_bundle(directory):
-        loaded = load_prompt(directory)
-        adapters = {"prompt": Adapter(directory, "prompt_tuning")}
-        return Bundle(directory, loaded.meta, adapters, loaded.extra, loaded)
-    meta = _read_json_object(directory / META_FILE)
-    _verify(directory, meta)
-    raw = meta.get("adapters")
-    if not isinstance(raw, dict) or not raw:
-        raise PromptLoadError(f"{directory / META_FILE}: no 'adapters' listed")
-    adapters = {}
-    for name, entry in raw.items():
-        if not isinstance(entry, dict) or entry.get("path") != name:
-            raise PromptLoadError(f"{directory / META_FILE}: bad entry for adapter {name!r}")
-        adapters[name] = Adapter(
-            directory / name, str(entry.get("method")), bool(entry.get("enabled", True))
-        )
-    extras: dict[str, torch.Tensor] = {}
-    prompt_adapter = adapters.get("prompt")
-    bank = prompt_adapter is not None and prompt_adapter.method == "prompt_bank"
-    prompt = load_prompt(prompt_adapter.path) if prompt_adapter and not bank else None
-    if bank:
-        extras = read_bank_extras(prompt_adapter.path)
-    elif prompt is not None:
-        extras = prompt.extra
-    elif (directory / MODULES_FILE).is_file():
-        try:
-            extras = load_file(str(directory / MODULES_FILE))
-        except SafetensorError as err:
-            raise PromptLoadError(f"{directory / MODULES_FILE}: unreadable ({err})") from None
-    return Bundle(directory, meta, adapters, extras, prompt)
-
-
-def _peft_prefix_base(directory: Path) -> str | None:
-    """The base model a PEFT PREFIX_TUNING directory names, or None for anything else."""
-    if (directory / META_FILE).is_file() or not (directory / "adapter_config.json").is_file():
-        return None
-    try:
-        raw = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(raw, dict) or raw.get("peft_type") != "PREFIX_TUNING":
-        return None
-    return str(raw.get("base_model_name_or_path") or "") or None
-
-
-def _verify(directory: Path, meta: dict[str, Any]) -> None:
-    verify_manifest_files(directory, meta, "bundle")
+    return {"path": path, "method": tuner.saved_method, "enabled": bool(tuner.enabled)}

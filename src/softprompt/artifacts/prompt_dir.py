@@ -4,8 +4,8 @@ A prompt directory holds `adapter_config.json` and `adapter_model.safetensors` (
 `prompt_embeddings`) exactly as PEFT writes them, so `PeftModel.from_pretrained` loads
 ours and we load PEFT's. `softprompt.json` beside them records what PEFT has no field
 for: the backbone family, placement, the task the prompt was trained for, and a
-fingerprint of the base model's embedding matrix and tokenizer, so a prompt loaded onto
-the wrong base model fails loudly instead of producing garbage.
+fingerprint of the base model's embedding matrix and tokenizer (fingerprint.py), so a
+prompt loaded onto the wrong base model fails loudly instead of producing garbage.
 
 A reparameterised prompt (see reparam.py) is saved merged: `prompt_embeddings` is the
 encoder's output, so everything above loads it as a plain prompt. Its unmerged state (raw
@@ -15,8 +15,6 @@ embeddings and encoder weights), which only resuming a run needs, goes beside it
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,21 +22,24 @@ from typing import Any
 
 import torch
 from peft import PromptTuningConfig as PeftPromptTuningConfig
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from softprompt.errors import UserError
+from softprompt.artifacts.fingerprint import fingerprint
+from softprompt.artifacts.manifest import (
+    META_FILE,
+    PromptLoadError,
+    load_tensors,
+    read_json_object,
+    save_tensors,
+    sha256_file,
+    write_manifest,
+)
+from softprompt.artifacts.saved import Adapter, Bundle
 
-META_FILE = "softprompt.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 ENCODER_FILE = "prompt_encoder.safetensors"
-FORMAT_VERSION = 1
+PROMPT_FORMAT = "softprompt-prompt"
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
-
-
-class PromptLoadError(UserError):
-    """A prompt directory is missing, damaged, or does not fit the base model."""
 
 
 @dataclass
@@ -66,34 +67,31 @@ class LoadedPrompt:
         return self.meta.get("base_model") or self.peft_config.get("base_model_name_or_path")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class PromptDir:
+    """The prompt directory format: ours, or PEFT's PROMPT_TUNING adapter (no manifest)."""
 
+    @staticmethod
+    def detect(directory: Path) -> bool:
+        """True when `adapter_config.json` names a PROMPT_TUNING adapter."""
+        path = Path(directory) / CONFIG_FILE
+        if not path.is_file():
+            return False
+        try:
+            return read_json_object(path).get("peft_type") == "PROMPT_TUNING"
+        except (OSError, PromptLoadError):
+            return False
 
-@torch.no_grad()
-def fingerprint(word_embeddings: torch.Tensor, tokenizer) -> dict[str, Any]:
-    """Identify a base model by its embedding matrix and tokenizer.
+    @staticmethod
+    def read(directory: Path) -> Bundle:
+        """The prompt as a one-adapter bundle (see `load_prompt`)."""
+        loaded = load_prompt(directory)
+        adapters = {"prompt": Adapter(loaded.directory, "prompt_tuning")}
+        return Bundle(loaded.directory, loaded.meta, adapters, loaded.extra, loaded)
 
-    Hashes ~1k evenly spaced rows rounded to bfloat16, so a model loaded in float32 or
-    bfloat16 gets the same fingerprint, and hashing stays cheap for big vocabularies.
-    """
-    vocab_rows, dim = word_embeddings.shape
-    stride = max(1, vocab_rows // 1024)
-    rows = word_embeddings[::stride].detach().to("cpu", torch.bfloat16).contiguous()
-    emb = hashlib.sha256(f"{vocab_rows}x{dim}".encode())
-    emb.update(rows.view(torch.int16).numpy().tobytes())
-    vocab = sorted(tokenizer.get_vocab().items()) if tokenizer is not None else []
-    tok = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
-    return {
-        "embedding": emb.hexdigest()[:16],
-        "tokenizer": tok[:16],
-        "vocab_size": vocab_rows,
-        "hidden_size": dim,
-    }
+    @staticmethod
+    def write(directory: str | Path, weight: torch.Tensor, **fields: Any) -> Path:
+        """See `save_prompt`."""
+        return save_prompt(directory, weight, **fields)
 
 
 def save_prompt(
@@ -127,36 +125,17 @@ def save_prompt(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {"prompt_embeddings": weight.detach().float().cpu().contiguous()}
-    for name, tensor in (extra or {}).items():
-        tensors[name] = tensor.detach().float().cpu().contiguous()
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    peft_config = PeftPromptTuningConfig(
-        task_type=PEFT_TASK_TYPES.get(family, "CAUSAL_LM"),
-        num_virtual_tokens=int(weight.shape[0]),
-        token_dim=int(weight.shape[1]),
-        # One prompt, on the encoder side for seq2seq (PEFT would default to 2 there).
-        num_transformer_submodules=1,
-        prompt_tuning_init="TEXT" if init_method == "TEXT" else "RANDOM",
-        prompt_tuning_init_text=init_text if init_method == "TEXT" else None,
-        tokenizer_name_or_path=base_model if init_method == "TEXT" else None,
-        base_model_name_or_path=base_model,
-    )
+    save_tensors(directory / WEIGHTS_FILE, {"prompt_embeddings": weight, **(extra or {})})
+    peft_config = _peft_config(weight, family, base_model, init_method, init_text)
     peft_config.save_pretrained(str(directory))
     files = [WEIGHTS_FILE, CONFIG_FILE]
-    encoder_path = directory / ENCODER_FILE
     if encoder_state:
-        state = {k: v.detach().float().cpu().contiguous() for k, v in encoder_state.items()}
-        # One metadata key: safetensors writes several in no fixed order, and checkpoints
-        # of the same run must be byte-identical (the kind is in softprompt.json).
-        save_file(state, str(encoder_path), metadata={"format": "pt"})
+        save_tensors(directory / ENCODER_FILE, encoder_state)
         files.append(ENCODER_FILE)
     else:
         # A directory saved into again must not keep a stale encoder beside a new prompt.
-        encoder_path.unlink(missing_ok=True)
-    meta = {
-        "format": "softprompt-prompt",
-        "format_version": FORMAT_VERSION,
+        (directory / ENCODER_FILE).unlink(missing_ok=True)
+    fields = {
         "family": family,
         "placement": placement,
         "num_virtual_tokens": int(weight.shape[0]),
@@ -164,22 +143,28 @@ def save_prompt(
         "base_model": base_model,
         "fingerprint": fingerprint_info,
         "task": task or {},
-        "files": {name: sha256_file(directory / name) for name in files},
     }
-    if encoder_state:
-        meta["reparameterize"] = reparameterize
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    tail = {"reparameterize": reparameterize} if encoder_state else None
+    write_manifest(directory, PROMPT_FORMAT, fields, files, tail)
     return directory
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise PromptLoadError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise PromptLoadError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+def _peft_config(
+    weight: torch.Tensor, family: str, base_model: str, init_method: str, init_text: str | None
+) -> PeftPromptTuningConfig:
+    """The adapter_config.json PEFT would write for this prompt."""
+    text = init_method == "TEXT"
+    return PeftPromptTuningConfig(
+        task_type=PEFT_TASK_TYPES.get(family, "CAUSAL_LM"),
+        num_virtual_tokens=int(weight.shape[0]),
+        token_dim=int(weight.shape[1]),
+        # One prompt, on the encoder side for seq2seq (PEFT would default to 2 there).
+        num_transformer_submodules=1,
+        prompt_tuning_init="TEXT" if text else "RANDOM",
+        prompt_tuning_init_text=init_text if text else None,
+        tokenizer_name_or_path=base_model if text else None,
+        base_model_name_or_path=base_model,
+    )
 
 
 def load_prompt(directory: str | Path) -> LoadedPrompt:
@@ -199,9 +184,9 @@ def load_prompt(directory: str | Path) -> LoadedPrompt:
         raise PromptLoadError(f"{directory} is not a prompt directory (no {CONFIG_FILE})")
     meta: dict[str, Any] = {}
     if (directory / META_FILE).is_file():
-        meta = _read_json_object(directory / META_FILE)
+        meta = read_json_object(directory / META_FILE)
         _verify_checksums(directory, meta)
-    peft_config = _read_json_object(config_path)
+    peft_config = read_json_object(config_path)
     peft_type = peft_config.get("peft_type")
     if peft_type != "PROMPT_TUNING":
         raise PromptLoadError(
@@ -239,13 +224,12 @@ def _read_encoder_state(directory: Path, meta: dict[str, Any]) -> dict[str, torc
     files = meta.get("files")
     if not isinstance(files, dict) or ENCODER_FILE not in files:
         return None
-    try:
-        return load_file(str(directory / ENCODER_FILE))
-    except SafetensorError as err:
-        raise PromptLoadError(f"{directory / ENCODER_FILE}: unreadable ({err})") from None
+    return load_tensors(directory / ENCODER_FILE)
 
 
 def _verify_checksums(directory: Path, meta: dict[str, Any]) -> None:
+    """Check the files a prompt's manifest lists: plain names beside it (a bank's or
+    bundle's nested names go through `verify_manifest_files`)."""
     files = meta.get("files", {})
     if not isinstance(files, dict):
         raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
@@ -263,35 +247,15 @@ def _verify_checksums(directory: Path, meta: dict[str, Any]) -> None:
             )
 
 
-def verify_manifest_files(directory: Path, meta: dict[str, Any], what: str) -> None:
-    """Check every file a manifest lists (`files`: relative name -> SHA-256).
+def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """`adapter_model.safetensors`, or an older PEFT `adapter_model.bin` (tensors only).
 
     Raises:
-        PromptLoadError: a malformed list, a name leading outside `directory`, or a file
-            that is missing or changed since the `what` (bundle, bank) was saved.
+        PromptLoadError: neither file, or one that is unreadable or holds anything else.
     """
-    files = meta.get("files")
-    if not isinstance(files, dict):
-        raise PromptLoadError(f"{directory / META_FILE}: 'files' must map names to checksums")
-    for name, expected in files.items():
-        parts = name.split("/") if isinstance(name, str) else [""]
-        if any(p in ("", ".", "..") or "\\" in p for p in parts):
-            raise PromptLoadError(f"{directory / META_FILE}: bad file name {name!r}")
-        path = Path(directory).joinpath(*parts)
-        if not path.is_file() or sha256_file(path) != expected:
-            raise PromptLoadError(
-                f"{path}: missing or does not match {META_FILE}; the {what} was modified or "
-                "damaged after it was saved"
-            )
-
-
-def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
     safetensors_path = directory / WEIGHTS_FILE
     if safetensors_path.is_file():
-        try:
-            return load_file(str(safetensors_path))
-        except SafetensorError as err:
-            raise PromptLoadError(f"{safetensors_path}: unreadable ({err})") from None
+        return load_tensors(safetensors_path)
     bin_path = directory / "adapter_model.bin"
     if bin_path.is_file():
         # Older PEFT prompts; weights_only refuses anything but tensors (no code runs).

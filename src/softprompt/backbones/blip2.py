@@ -31,10 +31,11 @@ from transformers import (
     InstructBlipForConditionalGeneration,
 )
 
-from softprompt.backbones.base import BACKBONES, EncodeSettings, freeze
+from softprompt.backbones.base import BACKBONES, BackboneBase, EncodeSettings, freeze
 from softprompt.backbones.blip2_qformer import QFormerPrompt, query_prefix, vision_states
 from softprompt.backbones.causal_lm import CausalLMBackbone
 from softprompt.backbones.feature_cache import FeatureCache, namespace_key
+from softprompt.backbones.prompt_input import PromptInput
 from softprompt.backbones.seq2seq import Seq2SeqBackbone
 from softprompt.backbones.vision_base import VisionSettings, prompt_position, text_examples
 from softprompt.data.images import load_image
@@ -58,7 +59,7 @@ class BlipModules(nn.Module):
         self.qformer_prompt = qformer_prompt
 
 
-class QueryTokenBackbone:
+class QueryTokenBackbone(BackboneBase):
     """Shared implementation of the BLIP-2 and InstructBLIP families.
 
     Args:
@@ -185,12 +186,6 @@ class QueryTokenBackbone:
     def lm_model_type(self) -> str:
         return self.model.hf.config.text_config.model_type
 
-    def peft_base_name(self) -> str:
-        return self.name_or_path
-
-    def peft_task_type(self) -> str:
-        return self.lm.peft_task_type()
-
     def trainable_modules(self) -> dict[str, nn.Module]:
         """`{"qformer_prompt": module}` with a Q-Former prompt, else `{}`."""
         qp = self.model.qformer_prompt
@@ -263,18 +258,18 @@ class QueryTokenBackbone:
         return pixels.to(emb.device, emb.dtype)
 
     def loss_sum(
-        self, batch: dict[str, Any], prompt: torch.Tensor | None
+        self, batch: dict[str, Any], prompt: PromptInput | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over target tokens and their count.
 
         Args:
             batch: from `collate(..., with_targets=True)`, on the model's device.
-            prompt: (B, P, D) soft prompt or None.
+            prompt: the batch's soft prompts, or None.
         """
         prefix = self.image_prefix(batch)
         return self.lm.loss_sum(batch, prompt, prefix=prefix, prompt_position=self._position)
 
-    def sequence_logprobs(self, batch: dict[str, Any], prompt: torch.Tensor | None) -> torch.Tensor:
+    def sequence_logprobs(self, batch: dict[str, Any], prompt: PromptInput | None) -> torch.Tensor:
         """(B,) summed log-probability of each row's target tokens (option scoring)."""
         prefix = self.image_prefix(batch)
         return self.lm.sequence_logprobs(
@@ -283,13 +278,13 @@ class QueryTokenBackbone:
 
     @torch.no_grad()
     def generate(
-        self, batch: dict[str, Any], prompt: torch.Tensor | None, max_new_tokens: int
+        self, batch: dict[str, Any], prompt: PromptInput | None, max_new_tokens: int
     ) -> list[str]:
         """Greedy generation after `[image queries][text]` with the prompt in place.
 
         Args:
             batch: from `collate(..., with_targets=False)` (left-padded for causal LMs).
-            prompt: (B, P, D) soft prompt or None.
+            prompt: the batch's soft prompts, or None.
             max_new_tokens: generation budget.
 
         Returns:

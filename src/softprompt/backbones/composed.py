@@ -19,13 +19,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from softprompt.backbones.base import BACKBONES, EncodeSettings
+from softprompt.backbones.base import BACKBONES, BackboneBase, EncodeSettings
 from softprompt.backbones.causal_lm import CausalLMBackbone
 from softprompt.backbones.embedded import (
     cache_dir,
     resolve_embedded,
 )
 from softprompt.backbones.feature_cache import FeatureCache, namespace_key
+from softprompt.backbones.prompt_input import PromptInput
 from softprompt.backbones.vision_base import VisionSettings, prompt_position, text_examples
 from softprompt.backbones.vision_encoders import (
     VisionEncoder,
@@ -45,13 +46,11 @@ logger = logging.getLogger("softprompt")
 
 # Composed models made only of packaged weights: name -> (vision encoder, language model).
 PRESETS = {"embedded:effnet-smollm2": ("embedded:effnet-lite0", "embedded:smollm2-135m")}
-PROJECTIONS = ("linear", "mlp")
 FEATURE_CACHE_MODES = ("off", "memory", "disk")
 ENCODE_BATCH_SIZE = 32  # images per encoder forward on cache misses
 # The memory cache holds at most this many bytes of features (a ViT-L/14-336 image is 2.4 MB
 # in float32, so a count limit alone could fill the RAM); evicted entries come back from disk.
 MEMORY_CACHE_BYTES = 4 * 2**30
-PROBE_IMAGES = 4
 
 
 class ComposedModel(nn.Module):
@@ -74,7 +73,7 @@ class ComposedModel(nn.Module):
 
 
 @BACKBONES.register("composed")
-class ComposedVLMBackbone:
+class ComposedVLMBackbone(BackboneBase):
     """Frozen vision encoder + projection + frozen causal LM (see the module docstring).
 
     Attributes:
@@ -215,20 +214,8 @@ class ComposedVLMBackbone:
     def word_embeddings(self) -> torch.Tensor:
         return self.lm.word_embeddings()
 
-    # LoRA / full fine-tuning act on the language model (the encoder's output is cached).
-    lora_scope = None
-
-    def peft_model(self) -> nn.Module:
-        return self.lm.model
-
-    def lm_model_type(self) -> str:
-        return self.lm.lm_model_type()
-
-    def peft_base_name(self) -> str:
-        return self.lm.name_or_path
-
-    def peft_task_type(self) -> str:
-        return self.lm.peft_task_type()
+    # LoRA and full fine-tuning act on the language model (`BackboneBase`'s defaults):
+    # the encoder's output is cached.
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"projection": self.projection} if self.settings.train_projection else {}
@@ -244,15 +231,15 @@ class ComposedVLMBackbone:
         return prompt_position(self.placement, prefix.shape[1])
 
     def loss_sum(
-        self, batch: dict[str, Any], prompt: torch.Tensor | None
+        self, batch: dict[str, Any], prompt: PromptInput | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed target-token cross-entropy and the token count; prompt is (B, P, D)."""
+        """Summed target-token cross-entropy and the token count."""
         prefix = self.image_prefix(batch["image_paths"])
         return self.lm.loss_sum(
             batch, prompt, prefix=prefix, prompt_position=self._position(prefix)
         )
 
-    def sequence_logprobs(self, batch: dict[str, Any], prompt: torch.Tensor | None) -> torch.Tensor:
+    def sequence_logprobs(self, batch: dict[str, Any], prompt: PromptInput | None) -> torch.Tensor:
         """(B,) summed log-probability of each row's target tokens."""
         prefix = self.image_prefix(batch["image_paths"])
         return self.lm.sequence_logprobs(
@@ -261,7 +248,7 @@ class ComposedVLMBackbone:
 
     @torch.no_grad()
     def generate(
-        self, batch: dict[str, Any], prompt: torch.Tensor | None, max_new_tokens: int
+        self, batch: dict[str, Any], prompt: PromptInput | None, max_new_tokens: int
     ) -> list[str]:
         """Greedy continuations (new text only) of left-padded inputs."""
         prefix = self.image_prefix(batch["image_paths"])

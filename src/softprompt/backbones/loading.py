@@ -10,20 +10,12 @@ from transformers import AutoConfig
 
 from softprompt.backbones.base import BACKBONES, Backbone
 from softprompt.backbones.embedded import resolve_embedded
+from softprompt.backbones.spec import FAMILIES, family_specs
 from softprompt.backbones.vision_base import VisionSettings
 from softprompt.errors import UserError
 
-VISION_FAMILIES = ("composed", "blip2", "instructblip")
 # Composed VLMs that ship inside packages: name -> (vision encoder, language model).
 EMBEDDED_VLMS = {"embedded:effnet-smollm2": ("embedded:effnet-lite0", "embedded:smollm2-135m")}
-FAMILY_MODULES = {
-    "causal_lm": "softprompt.backbones.causal_lm",
-    "seq2seq": "softprompt.backbones.seq2seq",
-    "composed": "softprompt.backbones.composed",
-    "blip2": "softprompt.backbones.blip2",
-    "instructblip": "softprompt.backbones.blip2",
-}
-MODEL_TYPE_FAMILIES = {"blip-2": "blip2", "instructblip": "instructblip"}
 
 logger = logging.getLogger("softprompt")
 
@@ -43,8 +35,9 @@ def detect_family(name_or_path: str, trust_remote_code: bool = False) -> str:
             f"model.name_or_path {name_or_path!r}: not a loadable checkpoint "
             f"(a hub id, a directory written by save_pretrained, or an embedded:* name): {err}"
         ) from None
-    if cfg.model_type in MODEL_TYPE_FAMILIES:
-        return MODEL_TYPE_FAMILIES[cfg.model_type]
+    for spec in family_specs():
+        if cfg.model_type in spec.model_types:
+            return spec.name
     if getattr(cfg, "is_encoder_decoder", False):
         return "seq2seq"
     if hasattr(cfg, "text_config") and hasattr(cfg, "vision_config"):
@@ -89,10 +82,11 @@ def load_backbone(
             raise ModelLoadError(f"model.name_or_path: {err}") from None
         family = family or detect_family(path, trust_remote_code)
     # Importing a family's module registers it; only the one needed is imported.
-    importlib.import_module(FAMILY_MODULES[family])
+    spec = FAMILIES.get(family)
+    importlib.import_module(spec.module)
     cls = BACKBONES.get(family)
     kwargs = {"display_name": name_or_path, "dtype": DTYPES[dtype]}
-    if family in VISION_FAMILIES:
+    if spec.vision:
         kwargs["settings"] = vision
     if quantization_bit:
         kwargs["quantization_config"] = _quantization(quantization_bit, family, dtype)

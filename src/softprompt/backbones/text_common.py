@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
-from softprompt.backbones.base import freeze
+from softprompt.backbones.base import BackboneBase, freeze
 from softprompt.backbones.prompt_cache import PromptKVCache
+from softprompt.backbones.prompt_input import PromptInput
 from softprompt.backbones.splice import assemble_inputs, prompt_groups
 
 logger = logging.getLogger("softprompt")
@@ -65,7 +66,7 @@ def prepare_frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class TextBackboneBase:
+class TextBackboneBase(BackboneBase):
     """What causal and seq2seq backbones share: input assembly, losses, generation.
 
     Subclasses set `family`, `auto_class` and `labels_in_input` (causal LMs read their
@@ -110,25 +111,15 @@ class TextBackboneBase:
     def word_embeddings(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
 
-    # What LoRA and full fine-tuning act on: the model a PEFT user would wrap.
-    lora_scope: str | None = None
-
-    def peft_model(self) -> torch.nn.Module:
-        return self.model
-
-    def lm_model_type(self) -> str:
-        return self.model.config.model_type
-
-    def peft_base_name(self) -> str:
-        return self.name_or_path
-
-    def peft_task_type(self) -> str:
-        return "CAUSAL_LM" if self.labels_in_input else "SEQ_2_SEQ_LM"
+    @property
+    def lm(self) -> TextBackboneBase:
+        """A text backbone reads its input itself (PEFT wraps `self.model`)."""
+        return self
 
     def _assemble(
         self,
         batch: dict[str, torch.Tensor],
-        prompt: torch.Tensor | None,
+        prompt: PromptInput | None,
         prefix: torch.Tensor | None,
         prompt_position: int,
         with_labels: bool,
@@ -163,7 +154,7 @@ class TextBackboneBase:
     def loss_sum(
         self,
         batch: dict[str, torch.Tensor],
-        prompt: torch.Tensor | None,
+        prompt: PromptInput | None,
         prefix: torch.Tensor | None = None,
         prompt_position: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +165,7 @@ class TextBackboneBase:
 
         Args:
             batch: right-padded `input_ids`, `attention_mask`, `labels` (B, T).
-            prompt: (B, P, D) soft prompt or None.
+            prompt: the batch's soft prompts, or None.
             prefix: (B, N, D) embeddings placed before the text (image tokens) or None.
             prompt_position: index in `[prefix][text]` where the prompt goes.
         """
@@ -186,7 +177,7 @@ class TextBackboneBase:
     def sequence_logprobs(
         self,
         batch: dict[str, torch.Tensor],
-        prompt: torch.Tensor | None,
+        prompt: PromptInput | None,
         prefix: torch.Tensor | None = None,
         prompt_position: int = 0,
     ) -> torch.Tensor:
@@ -202,7 +193,7 @@ class TextBackboneBase:
     def generate_ids(
         self,
         batch: dict[str, torch.Tensor],
-        prompt: torch.Tensor | None,
+        prompt: PromptInput | None,
         max_new_tokens: int,
         prefix: torch.Tensor | None = None,
         prompt_position: int = 0,
@@ -230,7 +221,7 @@ class TextBackboneBase:
     def generate(
         self,
         batch: dict[str, torch.Tensor],
-        prompt: torch.Tensor | None,
+        prompt: PromptInput | None,
         max_new_tokens: int,
         prefix: torch.Tensor | None = None,
         prompt_position: int = 0,

@@ -1,21 +1,20 @@
-"""What vision-language backbones share: the Protocol the task layer calls.
+"""What vision-language backbones share: their settings, prompt placement, batch moves.
 
 A vision-language backbone is a frozen image pipeline that turns each image into a
 few embedding vectors in the language model's space (the *prefix*), plus a frozen text
 backbone (`CausalLMBackbone` or `Seq2SeqBackbone`) that reads `[prefix][text]`. The soft
 prompt is spliced in front of the image (`placement: before_image`, position 0) or
-between image and text (`after_image`, position N).
+between image and text (`after_image`, position N). Their interface is
+`softprompt.backbones.base.VisionLanguageBackbone`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
-from torch import nn
 
-from softprompt.backbones.base import EncodeSettings
 from softprompt.data.records import VisionExample
 
 PLACEMENTS = ("before_image", "after_image")
@@ -51,61 +50,6 @@ class VisionSettings:
     num_image_tokens: int | None = None
     feature_cache: str = "memory"
     cache_dir: str | None = None
-
-
-@runtime_checkable
-class VisionLanguageBackbone(Protocol):
-    """The interface `train`, `evaluate` and `predict` use for image tasks.
-
-    Attributes:
-        family: registry name ("composed", "blip2", "instructblip").
-        name_or_path: what the user configured.
-        model: the whole module (frozen parts + trainable extras), for .to()/.train().
-        tokenizer: the language model's tokenizer.
-        lm: the text backbone that reads `[prefix][text]`.
-        placement: "before_image" or "after_image".
-    """
-
-    family: str
-    name_or_path: str
-    model: nn.Module
-    tokenizer: Any
-    placement: str
-
-    @property
-    def hidden_size(self) -> int:
-        """Width of the language model's embeddings (the soft prompt's D)."""
-        ...
-
-    def word_embeddings(self) -> torch.Tensor:
-        """The language model's input embedding matrix (V, D)."""
-        ...
-
-    def trainable_modules(self) -> dict[str, nn.Module]:
-        """Trainable parts besides the soft prompt, by name (saved with the prompt)."""
-        ...
-
-    def collate(
-        self, examples: list[VisionExample], settings: EncodeSettings, with_targets: bool
-    ) -> dict[str, Any]:
-        """Text tensors from `example.text` (+ `example.target`), plus `image_paths`."""
-        ...
-
-    def loss_sum(
-        self, batch: dict[str, Any], prompt: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy over target tokens and their count."""
-        ...
-
-    def sequence_logprobs(self, batch: dict[str, Any], prompt: torch.Tensor | None) -> torch.Tensor:
-        """(B,) summed log-probability of each row's target tokens (option scoring)."""
-        ...
-
-    def generate(
-        self, batch: dict[str, Any], prompt: torch.Tensor | None, max_new_tokens: int
-    ) -> list[str]:
-        """Greedy generation with the prompt and the image in place; new text only."""
-        ...
 
 
 def prompt_position(placement: str, num_prefix_tokens: int) -> int:

@@ -37,15 +37,8 @@ from softprompt.backbones.embedded import (
 logger = logging.getLogger("softprompt")
 
 
-# Composed models made only of packaged weights: name -> (vision encoder, language model).
-PRESETS = {"embedded:effnet-smollm2": ("embedded:effnet-lite0", "embedded:smollm2-135m")}
 PROJECTIONS = ("linear", "mlp")
-FEATURE_CACHE_MODES = ("off", "memory", "disk")
-ENCODE_BATCH_SIZE = 32  # images per encoder forward on cache misses
-# The memory cache holds at most this many bytes of features (a ViT-L/14-336 image is 2.4 MB
-# in float32, so a count limit alone could fill the RAM); evicted entries come back from disk.
-MEMORY_CACHE_BYTES = 4 * 2**30
-PROBE_IMAGES = 4
+PROBE_IMAGES = 4  # synthetic images of the probe forward that sizes and calibrates a model
 
 
 @dataclass

@@ -1,24 +1,38 @@
-"""CLI commands that live beside the core ones (train, eval, predict, export, compare).
+"""The CLI's command table: one module per sub-command, in the order `softprompt --help`
+lists them.
 
-Each module listed in `COMMAND_MODULES` defines `add_command(sub)`, which adds its
-sub-parser and sets `func`. Modules import heavy libraries (matplotlib, gradio) inside
-their command function, so `softprompt --help` stays fast.
+Each module defines `add_command(sub)`, which adds its sub-parser and sets `func` (the
+handler `commands/cli.py` calls with the parsed arguments). Modules import the library,
+and heavy libraries (torch, matplotlib, gradio), inside their handlers only, so that
+`softprompt --help` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
+from types import ModuleType
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "softprompt.commands.baseline",
-    "softprompt.commands.report",
-    "softprompt.commands.sweep",
-    "softprompt.commands.inspect",
-    "softprompt.commands.demo_ui",
+from softprompt.commands import (
+    baseline,
+    compare,
+    demo_ui,
+    export,
+    inspect,
+    predict,
+    report,
+    sweep,
+    train,
 )
+from softprompt.commands import eval as evaluate
 
-
-def add_commands(sub) -> None:
-    """Register every listed module's sub-command on the `sub` parsers."""
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_command(sub)
+COMMANDS: tuple[ModuleType, ...] = (
+    train,
+    evaluate,
+    predict,
+    export,
+    compare,
+    baseline,
+    report,
+    sweep,
+    inspect,
+    demo_ui,
+)

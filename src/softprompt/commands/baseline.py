@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2
+from softprompt.commands.common import EXIT_USAGE
 
 
 def add_command(sub) -> None:

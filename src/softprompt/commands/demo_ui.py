@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from softprompt.commands.common import EXIT_USAGE
+
 # The embedded VLM prompt `make demo` trains (demo/run_demo.py with this config).
 DEMO_CONFIG = Path("configs/easyvqa_effnet_smollm2.yaml")
 DEMO_RUN_DIR = "runs/easyvqa_effnet_smollm2"
@@ -51,14 +53,14 @@ def _cmd_demo_ui(args: argparse.Namespace) -> int:
             "`make demo` first (from the repository root), or pass --prompt DIR",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     from softprompt.workflows.ui import DemoSession, build_app, is_loopback, launch
 
     if not is_loopback(args.host):
         print(
             f"--host {args.host}: the demo UI serves only this machine (127.0.0.1)", file=sys.stderr
         )
-        return 2
+        return EXIT_USAGE
     from softprompt.inference.loaded import LoadedModel
 
     loaded = LoadedModel.from_bundle(prompt, model=args.model, max_new_tokens=args.max_new_tokens)
@@ -69,7 +71,7 @@ def _cmd_demo_ui(args: argparse.Namespace) -> int:
         url = launch(app, args.host, args.port)
     except OSError as err:  # gradio's "Cannot find empty port" among them
         print(f"cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(f"demo UI: {url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     app.block_thread()
     return 0

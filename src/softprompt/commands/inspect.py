@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from softprompt.commands.common import EXIT_USAGE
+
 
 def add_command(sub) -> None:
     p = sub.add_parser(
@@ -26,7 +28,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         print(f"--top-k must be at least 1 (got {args.top_k})", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     report = inspect_prompt(args.prompt, top_k=args.top_k, model=args.model, task=args.task)
     print(format_report(report))
     if args.json_path:

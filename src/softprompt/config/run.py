@@ -24,6 +24,7 @@ from pydantic import (
 
 from softprompt.config.errors import ConfigError
 from softprompt.config.sections import (  # re-exported: callers import the sections here
+    METHOD_SPECS,
     DataConfig,
     MethodConfig,
     ModelConfig,
@@ -32,10 +33,6 @@ from softprompt.config.sections import (  # re-exported: callers import the sect
     _Section,
 )
 from softprompt.config.task_entries import TaskEntry, TaskSampling
-from softprompt.tuners.full.config import FullSettings
-from softprompt.tuners.lora.config import LoraSettings
-from softprompt.tuners.prefix_tuning.config import PrefixTuningSettings
-from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
 
 
 class RunConfig(_Section):
@@ -164,10 +161,7 @@ _SECTIONS = {
     "": RunConfig,
     "model": ModelConfig,
     "method": MethodConfig,
-    "method.prompt_tuning": PromptTuningConfig,
-    "method.lora": LoraSettings,
-    "method.full": FullSettings,
-    "method.prefix_tuning": PrefixTuningSettings,
+    **{f"method.{spec.name}": spec.settings for spec in METHOD_SPECS},
     "data": DataConfig,
     "task": TaskConfig,
     "training": TrainingConfig,

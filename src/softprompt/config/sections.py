@@ -7,12 +7,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from softprompt.tuners.full.config import FullSettings
-from softprompt.tuners.lora.config import LoraSettings
-from softprompt.tuners.prefix_tuning.config import PrefixTuningSettings
-from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
+from softprompt.backbones.spec import family_names
+from softprompt.tuners.spec import TunerSpec, section_specs
+
+# The families `model.family` accepts, from the family table (backbones/spec.py).
+FamilyName = Literal[family_names()]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -26,7 +34,7 @@ class ModelConfig(_Section):
         description="Hugging Face hub id, a local directory written by save_pretrained, or an "
         "embedded model (`embedded:smollm2-135m`).",
     )
-    family: Literal["causal_lm", "seq2seq", "composed", "blip2", "instructblip"] | None = Field(
+    family: FamilyName | None = Field(
         None, description="Backbone family; detected from the model's config when omitted."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -53,35 +61,37 @@ class ModelConfig(_Section):
     )
 
 
-class MethodConfig(_Section):
-    prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    full: FullSettings = Field(default_factory=FullSettings)
-    prefix_tuning: PrefixTuningSettings = Field(default_factory=PrefixTuningSettings)
+class _MethodSections(_Section):
+    """The `method` section: one subsection per registered method (tuners/*/spec.py)."""
 
     @model_validator(mode="after")
-    def _methods_fit_together(self) -> MethodConfig:
-        if self.full.enabled and self.prefix_tuning.enabled:
-            raise ValueError(
-                "method.full and method.prefix_tuning are both enabled: a prefix adapts a frozen "
-                "model (PEFT's format records the base model it was trained on); enable one"
-            )
-        if self.full.enabled and self.lora.enabled:
-            raise ValueError(
-                "method.full and method.lora are both enabled: full fine-tuning already trains "
-                "every weight LoRA would adapt; enable one of them"
-            )
-        if self.lora.quantization_bit and not self.lora.enabled:
-            raise ValueError(
-                "method.lora.quantization_bit is set but method.lora.enabled is false: "
-                "quantized base weights can only be trained through LoRA (QLoRA)"
-            )
+    def _methods_fit_together(self) -> _MethodSections:
+        for spec in METHOD_SPECS:
+            for other, why in spec.conflicts:
+                if getattr(self, spec.name).enabled and getattr(self, other).enabled:
+                    raise ValueError(
+                        f"method.{spec.name} and method.{other} are both enabled: {why}"
+                    )
+        for spec in METHOD_SPECS:
+            if spec.check is not None:
+                spec.check(self)
         return self
 
     def enabled_methods(self) -> list[str]:
-        """Names of the enabled methods, e.g. ["prompt_tuning", "lora"]."""
-        names = ("prompt_tuning", "prefix_tuning", "lora", "full")
-        return [n for n in names if getattr(self, n).enabled]
+        """Names of the enabled methods in build order, e.g. ["prompt_tuning", "lora"]."""
+        return [spec.name for spec in METHOD_SPECS if getattr(self, spec.name).enabled]
+
+
+def _method_config(specs: tuple[TunerSpec, ...]) -> type[_MethodSections]:
+    fields: dict[str, Any] = {
+        spec.name: (spec.settings, Field(default_factory=spec.settings)) for spec in specs
+    }
+    return create_model("MethodConfig", __base__=_MethodSections, __module__=__name__, **fields)
+
+
+# Read once: the schema, the YAML keys and the README's reference all follow from it.
+METHOD_SPECS = section_specs()
+MethodConfig = _method_config(METHOD_SPECS)
 
 
 class DataConfig(_Section):

@@ -130,11 +130,8 @@ def load_text_examples(
     if max_samples == 0:
         return []
     # Built-ins define their own fields; user field names refer to the user's own files.
-    fields = (
-        _Fields("input", "target", "id", template, template_names, require_target)
-        if fmt == "builtin"
-        else _Fields(input_field, target_field, id_field, template, template_names, require_target)
-    )
+    names = ("input", "target", "id") if fmt == "builtin" else (input_field, target_field, id_field)
+    fields = _Fields(*names, template, template_names, require_target)
     examples: list[TextExample] = []
     ids = UniqueIds(fields.id)
     for row in _iter_rows(path, fmt, split):

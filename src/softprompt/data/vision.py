@@ -95,6 +95,28 @@ def load_image_folder(
         raise DataError(f"{root}: is a file, not a folder of class folders; {_LAYOUT_HELP}")
     report = LoadReport()
     checker = ImageChecker(report, strict=strict, check_images=check_images, max_pixels=max_pixels)
+    class_dirs = _class_folders(root, base, report)
+    examples: list[VisionExample] = []
+    classes: list[str] = []
+    for folder in class_dirs:
+        found = _class_examples(folder, base, checker, report)
+        if found:
+            examples.extend(found)
+            classes.append(folder.name)
+    if not examples:
+        names = ", ".join(d.name for d in class_dirs)
+        detail = f"; {report.summary()}" if report.skipped else ""
+        raise DataError(f"{root}: no usable images in the class folders ({names}){detail}")
+    if len(classes) == 1:
+        report.warn(
+            f"{root}: only one class ({classes[0]!r}); classification needs at least two "
+            "classes to learn anything"
+        )
+    return examples, classes, report
+
+
+def _class_folders(root: str | Path, base: Path, report: LoadReport) -> list[Path]:
+    """The class folders of `base`, sorted; warns about images lying loose beside them."""
     class_dirs = sorted(
         (d for d in base.iterdir() if d.is_dir() and not _hidden(d.name)),
         key=lambda d: d.name,
@@ -112,44 +134,34 @@ def load_image_folder(
             f"{root}: {len(loose)} image(s) directly inside the dataset folder are ignored; "
             "move them into a class folder"
         )
+    return class_dirs
 
-    examples: list[VisionExample] = []
-    classes: list[str] = []
-    for folder in class_dirs:
-        files = list(_iter_images(folder))
-        if not files:
-            report.warn(f"{folder}: class folder {folder.name!r} has no images; class left out")
-            continue
-        kept = 0
-        for file in files:
-            if checker.usable(str(file)):
-                examples.append(
-                    VisionExample(
-                        id=_printable_path(file.relative_to(base)),
-                        image_path=str(file),
-                        target=folder.name,
-                        references=[folder.name],
-                        label=folder.name,
-                    )
-                )
-                kept += 1
-        if kept:
-            classes.append(folder.name)
-        else:
-            report.warn(
-                f"{folder}: none of the {len(files)} image(s) of class {folder.name!r} could "
-                "be read; class left out"
-            )
-    if not examples:
-        names = ", ".join(d.name for d in class_dirs)
-        detail = f"; {report.summary()}" if report.skipped else ""
-        raise DataError(f"{root}: no usable images in the class folders ({names}){detail}")
-    if len(classes) == 1:
-        report.warn(
-            f"{root}: only one class ({classes[0]!r}); classification needs at least two "
-            "classes to learn anything"
+
+def _class_examples(
+    folder: Path, base: Path, checker: ImageChecker, report: LoadReport
+) -> list[VisionExample]:
+    """One class folder's usable images; [] (with a warning) when it has none."""
+    files = list(_iter_images(folder))
+    if not files:
+        report.warn(f"{folder}: class folder {folder.name!r} has no images; class left out")
+        return []
+    examples = [
+        VisionExample(
+            id=_printable_path(file.relative_to(base)),
+            image_path=str(file),
+            target=folder.name,
+            references=[folder.name],
+            label=folder.name,
         )
-    return examples, classes, report
+        for file in files
+        if checker.usable(str(file))
+    ]
+    if not examples:
+        report.warn(
+            f"{folder}: none of the {len(files)} image(s) of class {folder.name!r} could "
+            "be read; class left out"
+        )
+    return examples
 
 
 def _printable_path(path: Path) -> str:
@@ -215,11 +227,7 @@ def load_image_text_pairs(
         ImageError: with `strict`, the first unusable image (prefixed with file:line).
     """
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (".json", ".jsonl"):
-        raise DataError(f"{path}: image-text pairs must be a .json or .jsonl file")
-    text = _read_text(p)
-    rows = _iter_jsonl(str(path), text) if suffix == ".jsonl" else _iter_json(str(path), text)
+    rows = _pair_rows(path)
     report = LoadReport()
     checker = ImageChecker(report, strict=strict, check_images=check_images, max_pixels=max_pixels)
     examples: list[VisionExample] = []
@@ -240,6 +248,15 @@ def load_image_text_pairs(
             f"{path}: none of the {seen} records has a usable image; {report.summary()}"
         )
     return examples, report
+
+
+def _pair_rows(path: str | Path) -> Iterator[RawRecord]:
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".json", ".jsonl"):
+        raise DataError(f"{path}: image-text pairs must be a .json or .jsonl file")
+    text = _read_text(p)
+    return _iter_jsonl(str(path), text) if suffix == ".jsonl" else _iter_json(str(path), text)
 
 
 def _pair_example(
@@ -290,6 +307,10 @@ _PAIR_KEYS = (
 )  # fmt: skip
 _VQA_KEYS = ("annotations_path", "image_dir", "image_pattern", "image_split", *_FOLDER_KEYS)
 _VISION_TASKS = ("classify", "caption", "vqa")
+_UNSUPPORTED_FILE = (
+    "unsupported image data file; use a folder of class folders, a .json / a .jsonl of "
+    "image-text pairs, a VQAv2 questions .json or builtin:easy-vqa"
+)
 
 
 def load_vision_examples(
@@ -333,6 +354,25 @@ def load_vision_examples(
         DataError: the source is missing, unusable for `task_type`, or malformed.
         TypeError: an option no reader knows.
     """
+    _check_request(path, task_type, fields)
+    if path.startswith("builtin:"):
+        return _load_builtin(path, task_type, split)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: not found (looked for {p.resolve()})")
+    if p.is_dir():
+        _need_task(path, task_type, ("classify",), "a folder of class folders")
+        return _load_folder(p, strict, fields)
+    if p.suffix.lower() not in (".json", ".jsonl"):
+        raise DataError(f"{path}: {_UNSUPPORTED_FILE}")
+    if p.suffix.lower() == ".json" and is_vqa_questions(p):
+        _need_task(path, task_type, ("vqa",), "a VQAv2 questions file")
+        return _load_vqav2(p, strict, fields)
+    _need_task(path, task_type, ("caption", "vqa"), "an image-text pairs file")
+    return _load_pairs(p, task_type, strict, fields)
+
+
+def _check_request(path: str, task_type: str, fields: dict[str, Any]) -> None:
     unknown = set(fields) - set(_PAIR_KEYS) - set(_VQA_KEYS)
     if unknown:
         raise TypeError(f"unknown vision data option(s): {', '.join(sorted(unknown))}")
@@ -341,40 +381,42 @@ def load_vision_examples(
             f"{path}: task type {task_type!r} has no image data; image sources serve "
             f"{', '.join(_VISION_TASKS)} (text-to-text data is read by load_text_examples)"
         )
-    if path.startswith("builtin:"):
-        return _load_builtin(path, task_type, split)
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{path}: not found (looked for {p.resolve()})")
-    if p.is_dir():
-        _need_task(path, task_type, ("classify",), "a folder of class folders")
-        examples, classes, report = load_image_folder(
-            p, strict=strict, **_pick(fields, _FOLDER_KEYS)
-        )
-        return examples, {"source": "image_folder", "classes": classes, "skipped": report}
-    if p.suffix.lower() not in (".json", ".jsonl"):
-        raise DataError(
-            f"{path}: unsupported image data file; use a folder of class folders, a .json / "
-            "a .jsonl of image-text pairs, a VQAv2 questions .json or builtin:easy-vqa"
-        )
-    if p.suffix.lower() == ".json" and is_vqa_questions(p):
-        _need_task(path, task_type, ("vqa",), "a VQAv2 questions file")
-        opts = _pick(fields, _VQA_KEYS)
-        if "image_split" in opts:
-            opts["split"] = opts.pop("image_split")
-        report_note = None
-        if opts.get("annotations_path") is None:
-            opts["annotations_path"], report_note = annotations_path_for(p)
-        examples, report = load_vqa(p, strict=strict, **opts)
-        if report_note:
-            report.warn(report_note)
-        return examples, {"source": "vqav2", "skipped": report}
-    _need_task(path, task_type, ("caption", "vqa"), "an image-text pairs file")
+
+
+def _load_folder(
+    root: Path, strict: bool, fields: dict[str, Any]
+) -> tuple[list[VisionExample], dict[str, Any]]:
+    examples, classes, report = load_image_folder(
+        root, strict=strict, **_pick(fields, _FOLDER_KEYS)
+    )
+    return examples, {"source": "image_folder", "classes": classes, "skipped": report}
+
+
+def _load_vqav2(
+    questions: Path, strict: bool, fields: dict[str, Any]
+) -> tuple[list[VisionExample], dict[str, Any]]:
+    """A VQAv2 questions file, its annotations found beside it unless given."""
+    opts = _pick(fields, _VQA_KEYS)
+    if "image_split" in opts:
+        opts["split"] = opts.pop("image_split")
+    report_note = None
+    if opts.get("annotations_path") is None:
+        opts["annotations_path"], report_note = annotations_path_for(questions)
+    examples, report = load_vqa(questions, strict=strict, **opts)
+    if report_note:
+        report.warn(report_note)
+    return examples, {"source": "vqav2", "skipped": report}
+
+
+def _load_pairs(
+    pairs: Path, task_type: str, strict: bool, fields: dict[str, Any]
+) -> tuple[list[VisionExample], dict[str, Any]]:
+    """An image-text pairs file; for vqa the question and answer fields by default."""
     opts = _pick(fields, _PAIR_KEYS)
     if task_type == "vqa":
         opts.setdefault("prompt_field", "question")
         opts.setdefault("text_field", "answer")
-    examples, report = load_image_text_pairs(p, strict=strict, **opts)
+    examples, report = load_image_text_pairs(pairs, strict=strict, **opts)
     return examples, {"source": "pairs", "skipped": report}
 
 

@@ -82,18 +82,52 @@ def load_vqa(
             no annotation, or the image pattern cannot be filled.
         ImageError: with `strict`, the first unusable image.
     """
+    questions, split, answers = _read_vqa_files(
+        questions_path, annotations_path, image_pattern, split
+    )
+    root = Path(image_dir) if image_dir is not None else Path(questions_path).parent
+    report = LoadReport()
+    checker = ImageChecker(report, strict=strict, check_images=check_images, max_pixels=max_pixels)
+    examples = _question_examples(
+        questions_path, questions, answers, annotations_path, root, image_pattern, split, checker
+    )
+    if not examples:
+        raise DataError(
+            f"{questions_path}: none of the {len(questions)} questions has a usable image "
+            f"(image_dir {root}, pattern {image_pattern!r}); {report.summary()}"
+        )
+    return examples, report
+
+
+def _read_vqa_files(
+    questions_path: str | Path,
+    annotations_path: str | Path | None,
+    image_pattern: str,
+    split: str | None,
+) -> tuple[list, str | None, dict[Any, tuple[str, list[str]]] | None]:
+    """(question entries, the split filling the pattern, answers by question id or None)."""
     qdoc = _read_json_object(questions_path, "questions")
     if split is None and isinstance(qdoc.get("data_subtype"), str):
         split = qdoc["data_subtype"]
     answers = _read_annotations(annotations_path) if annotations_path is not None else None
     _check_pattern(image_pattern, split, questions_path)
-    root = Path(image_dir) if image_dir is not None else Path(questions_path).parent
-    report = LoadReport()
-    checker = ImageChecker(report, strict=strict, check_images=check_images, max_pixels=max_pixels)
-    examples: list[VisionExample] = []
-    questions = qdoc["questions"]
-    if not questions:
+    if not qdoc["questions"]:
         raise DataError(f"{questions_path}: the 'questions' list is empty")
+    return qdoc["questions"], split, answers
+
+
+def _question_examples(
+    questions_path: str | Path,
+    questions: list,
+    answers: dict[Any, tuple[str, list[str]]] | None,
+    annotations_path: str | Path | None,
+    root: Path,
+    image_pattern: str,
+    split: str | None,
+    checker: ImageChecker,
+) -> list[VisionExample]:
+    """The questions whose image is usable, in order, with their answers when known."""
+    examples: list[VisionExample] = []
     ids = UniqueIds("question_id", fix="Each question needs its own question_id")
     for i, q in enumerate(questions):
         loc = f"{questions_path}: questions[{i}]"
@@ -119,12 +153,7 @@ def load_vqa(
                     references=references,
                 )
             )
-    if not examples:
-        raise DataError(
-            f"{questions_path}: none of the {len(questions)} questions has a usable image "
-            f"(image_dir {root}, pattern {image_pattern!r}); {report.summary()}"
-        )
-    return examples, report
+    return examples
 
 
 def is_vqa_questions(path: str | Path) -> bool:

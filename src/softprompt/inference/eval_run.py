@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from softprompt.artifacts.bundle import read_bundle
 from softprompt.backbones.from_config import backbone_from_config, encode_settings
+from softprompt.config.multitask import task_specs
 from softprompt.config.run import ConfigError, RunConfig
 from softprompt.data.splits import load_split, load_split_with_info
-from softprompt.inference.loaded import LoadedModel, default_device, tuners_from_bundle
+from softprompt.inference.execute import EvalOptions, evaluate_plan
+from softprompt.inference.loaded import LoadedModel, default_device, plan_for, tuners_from_bundle
+from softprompt.inference.plan import InferencePlan, Route
 from softprompt.inference.predict_io import write_records
 from softprompt.tasks.kinds import Task, VisionTask, task_from_config
 from softprompt.tuners.tuner_set import TunerSet
@@ -58,14 +62,11 @@ def load_for_evaluation(
         task = task_from_config(
             config, _classes(config) if config.task.type == "classify" else None
         )
-    loaded = LoadedModel(
-        backbone,
-        tuners,
-        task,
-        encode_settings(config),
-        bundle.task if bundle else {},
-        default_device(),
-    )
+    plan = plan_for(tuners, bundle.task if bundle else {})
+    if not plan.multitask:
+        route = replace(plan.route(), task=task, settings=encode_settings(config))
+        plan = plan.with_route(route)
+    loaded = LoadedModel(backbone, tuners, plan, default_device())
     loaded.set_adapters(adapters or {})
     return loaded
 
@@ -111,21 +112,22 @@ def _evaluate_tasks(
 ):
     """A multi-task config: each task's split with its own task (and, for a bank, its own
     prompt); `<task>_<metric>` plus the mean over tasks, as training reports them."""
-    from softprompt.config.multitask import task_specs
-    from softprompt.inference.evaluate import mean_over
-
-    parts, records = {}, []
-    bank_tasks = loaded.task_names()
+    routes, examples, tasks = [], [], []
     for spec in task_specs(config):
-        examples = load_split(spec.config, split)
-        if not examples:
+        own = load_split(spec.config, split)
+        if not own:
             continue
-        if bank_tasks:
-            loaded.select_task(spec.name)
-        loaded.task = task_from_config(
-            spec.config, _classes(spec.config) if spec.config.task.type == "classify" else None
-        )
-        metrics, own = loaded.evaluate(examples, batch_size, predict, progress=progress)
-        parts[spec.name] = metrics
-        records.extend({"task": spec.name, **r} for r in own)
-    return (mean_over(parts) if parts else {}), records
+        classes = _classes(spec.config) if spec.config.task.type == "classify" else None
+        task = task_from_config(spec.config, classes)
+        if loaded.plan.multitask:  # the bank's prompt of this task
+            route = replace(loaded.plan.route(spec.name), task=task)
+        else:  # one prompt scored on every task
+            route = Route(spec.name, task, loaded.settings, loaded.task_record)
+        routes.append(route)
+        examples += own
+        tasks += [spec.name] * len(own)
+    if not routes:
+        return {}, []
+    options = EvalOptions(batch_size, predict, progress=progress)
+    plan = InferencePlan.tasks(routes)
+    return evaluate_plan(loaded.backbone, loaded.tuners, plan, examples, options, tasks)

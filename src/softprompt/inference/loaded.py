@@ -16,13 +16,16 @@ import torch
 
 from softprompt.artifacts.bundle import Bundle, read_bundle
 from softprompt.artifacts.prompt_dir import PromptLoadError, check_base_model
-from softprompt.backbones.base import EncodeSettings
+from softprompt.backbones.base import Backbone, EncodeSettings
 from softprompt.backbones.loading import load_backbone
 from softprompt.backbones.vision_base import VisionSettings
 from softprompt.config.run import ConfigError
 from softprompt.data.errors import DataError
 from softprompt.data.images import load_image
-from softprompt.inference.evaluate import WHOLE_SET, EvalShard, evaluate
+from softprompt.data.records import VisionExample
+from softprompt.inference.evaluate import WHOLE_SET, EvalShard
+from softprompt.inference.execute import EvalOptions, Request, answer, evaluate_plan
+from softprompt.inference.plan import InferencePlan, Route
 from softprompt.tasks.kinds import Task, TextTask, VisionTask
 from softprompt.tuners.base import SAVED_TUNERS
 from softprompt.tuners.tuner_set import TunerSet, register_tuners
@@ -71,17 +74,13 @@ class LoadedModel:
     Attributes:
         backbone: the frozen model (with LoRA layers inside when a bundle has LoRA).
         tuners: the loaded adapters (empty: the bare model, zero-shot).
-        task: what the adapters were trained for.
-        settings: tokenization lengths.
-        task_record: the bundle's task record (template, fields, ...).
+        plan: which prompt and task each request uses (see `softprompt.inference.plan`).
         device: where the model runs.
     """
 
-    backbone: Any
+    backbone: Backbone
     tuners: TunerSet
-    task: Task
-    settings: EncodeSettings
-    task_record: dict[str, Any]
+    plan: InferencePlan
     device: torch.device
 
     def __post_init__(self) -> None:
@@ -113,61 +112,70 @@ class LoadedModel:
                 )
             except TypeError as err:
                 raise PromptLoadError(f"{directory}: damaged 'vision' record ({err})") from None
-        backbone = load_backbone(name, bundle.meta.get("family"), dtype, vision=vision)
-        tuners = tuners_from_bundle(bundle, backbone)
-        return cls(
-            backbone,
-            tuners,
-            task_from_record(record, max_new_tokens),
-            settings_from_record(record),
-            record,
-            torch.device(device) if device else default_device(),
+        bits = record.get("quantization_bit")
+        backbone = load_backbone(
+            name, bundle.meta.get("family"), dtype, vision=vision, quantization_bit=bits
         )
+        tuners = tuners_from_bundle(bundle, backbone)
+        plan = plan_for(tuners, record, max_new_tokens)
+        return cls(backbone, tuners, plan, torch.device(device) if device else default_device())
 
     @classmethod
     def bare_text_model(cls, name: str, max_new_tokens: int | None = None) -> LoadedModel:
         """A text model alone, no adapters (zero-shot `predict --model`)."""
         backbone = load_backbone(name)
-        task = TextTask(max_new_tokens=max_new_tokens or 64)
-        return cls(backbone, TunerSet([], backbone), task, EncodeSettings(), {}, default_device())
+        plan = InferencePlan.single(TextTask(max_new_tokens=max_new_tokens or 64))
+        return cls(backbone, TunerSet([], backbone), plan, default_device())
 
     def set_adapters(self, states: dict[str, bool]) -> None:
         """Hot switches, e.g. {"prompt": False}: no reload, the next call sees them."""
         for adapter, enabled in states.items():
             self.tuners.set_enabled(adapter, enabled)
 
+    # The default route's task, settings and record (the first task of a bank that has no
+    # default): what single-task callers (eval, the demo UI) read.
     @property
-    def bank(self):
-        """The loaded prompt bank (several tasks or an ensemble), or None."""
-        from softprompt.tuners.prompt_tuning.bank import PromptBank
+    def route(self) -> Route:
+        plan = self.plan
+        return plan.routes[plan.default if plan.default is not None else next(iter(plan))]
 
-        prompt = self.tuners.prompt
-        return prompt if isinstance(prompt, PromptBank) else None
+    @property
+    def task(self) -> Task:
+        return self.route.task
+
+    @property
+    def settings(self) -> EncodeSettings:
+        return self.route.settings
+
+    @property
+    def task_record(self) -> dict[str, Any]:
+        return self.route.record
 
     def task_names(self) -> list[str]:
         """The tasks of a multi-task bank ([] for one prompt or an ensemble)."""
-        bank = self.bank
-        return bank.names if bank is not None and bank.kind == "tasks" else []
+        return self.plan.names
 
     def select_task(self, name: str, max_new_tokens: int | None = None) -> None:
-        """Serve one task of a bank: its prompt, task, template and lengths.
+        """Make `name` the task of requests that name none (a bank's --task).
 
         Raises:
             ConfigError: not a multi-task bank, or no such task (names the tasks).
         """
-        if not self.task_names():
+        if not self.plan.multitask:
             raise ConfigError("--task needs a multi-task prompt bank; this model has one task")
-        bank = self.bank
-        bank.select(name)
-        record = bank.records.get(name) or {}
-        self.task = task_from_record(record, max_new_tokens)
-        self.task_record = record
-        self.settings = settings_from_record(record)
+        self.plan = self.plan.with_default(name, max_new_tokens)
 
-    def apply_template(self, text: str) -> str:
-        """The training template, if the adapters were trained with one; else the text."""
-        template = self.task_record.get("template")
-        return template.format(input=text) if template else text
+    def apply_template(self, text: str, task: str | None = None) -> str:
+        """The training template of `task` (default: the default route's), if any."""
+        route = self.plan.route(task) if task else self.route
+        return route.apply_template(text)
+
+    def active_plan(self) -> InferencePlan:
+        """The plan as the switches stand: a switched-off ensemble answers as one model."""
+        prompt = self.tuners.prompt
+        if self.plan.members and (prompt is None or not prompt.enabled):
+            return replace(self.plan, members=())
+        return self.plan
 
     def evaluate(
         self,
@@ -178,57 +186,65 @@ class LoadedModel:
         progress: bool = False,
         shard: EvalShard = WHOLE_SET,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Metrics and per-example records (see `softprompt.inference.evaluate.evaluate`); an
-        ensemble's records combine its members (see `softprompt.inference.ensemble`)."""
-        bank = self.bank
-        if bank is not None and bank.kind == "ensemble" and bank.enabled:
-            return self._evaluate_ensemble(examples, batch_size, predict, progress, shard)
-        return evaluate(
-            self.backbone,
-            self.tuners.prompt_input,
-            examples,
-            self.task,
-            self.settings,
-            batch_size=batch_size,
-            predict=predict,
-            with_loss=with_loss,
-            progress=progress,
-            shard=shard,
-        )
+        """Metrics and records of the default task (see `execute.evaluate_plan`); an
+        ensemble's records combine its members."""
+        options = EvalOptions(batch_size, predict, with_loss, progress, shard=shard)
+        plan = self.active_plan().only(None)
+        return evaluate_plan(self.backbone, self.tuners, plan, examples, options)
 
-    def _evaluate_ensemble(self, examples, batch_size, predict, progress, shard):
-        from softprompt.inference.ensemble import evaluate_ensemble
-
-        sources = [
-            lambda n, k=k: self.tuners.prompt_input(n, ids=torch.full((n,), k))
-            for k in range(len(self.bank.members))
-        ]
-        metrics, records, members = evaluate_ensemble(
-            self.backbone, sources, examples, self.task, self.settings,
-            batch_size=batch_size, predict=predict, progress=progress, shard=shard,
-        )  # fmt: skip
-        for name, member in zip(self.bank.names, members, strict=True):
-            metrics.update({f"{name}_{k}": v for k, v in member.items()})
-        return metrics, records
+    def answer(self, requests: list[Request], batch_size: int = 8) -> list[dict[str, Any]]:
+        """One record per request, rows of different prompts and tasks in mixed batches
+        (see `softprompt.inference.execute.answer`); changes nothing shared."""
+        return answer(self.backbone, self.tuners, self.active_plan(), requests, batch_size)
 
     def predict(
-        self, examples: list, batch_size: int = 8, progress: bool = False
+        self,
+        examples: list,
+        batch_size: int = 8,
+        progress: bool = False,
+        tasks: list[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """One record per example (input order); an unreadable image gets an `error` record."""
-        readable, failed = [], {}
+        """One record per example (input order); an unreadable image gets an `error` record.
+
+        Args:
+            tasks: each example's task in a multi-task bank (None: the default task).
+        """
+        requests, failed = [], {}
         for index, example in enumerate(examples):
-            path = getattr(example, "image_path", None)
+            path = example.image_path if isinstance(example, VisionExample) else None
             try:
                 if path is not None:
                     load_image(path)
-                readable.append(replace(example, target=None))
+                requests.append(Request(example, tasks[index] if tasks else None))
             except DataError as err:
                 failed[index] = {"id": example.id, "image": path, "error": str(err)}
-        if isinstance(self.task, VisionTask):
-            readable = [replace(e, label=None) for e in readable]
-        _, records = self.evaluate(readable, batch_size, with_loss=False, progress=progress)
-        answered = iter(records)  # in input order, unreadable inputs left out
+                if tasks:
+                    failed[index] = {"task": tasks[index], **failed[index]}
+        answered = iter(self.answer(requests, batch_size))  # unreadable inputs left out
         return [failed[i] if i in failed else next(answered) for i in range(len(examples))]
+
+
+def plan_for(
+    tuners: TunerSet, record: dict[str, Any], max_new_tokens: int | None = None
+) -> InferencePlan:
+    """The plan of loaded adapters: a bank's tasks or ensemble members, or one task."""
+    prompt = tuners.prompt
+    kind = prompt.kind if prompt is not None else None
+    if kind == "tasks":
+        routes = [
+            Route(
+                name,
+                task_from_record(prompt.records.get(name) or {}, max_new_tokens),
+                settings_from_record(prompt.records.get(name) or {}),
+                prompt.records.get(name) or {},
+                prompt_id=index,
+            )
+            for index, name in enumerate(prompt.names)
+        ]
+        return InferencePlan.tasks(routes)
+    members = tuple(enumerate(prompt.names)) if kind == "ensemble" else ()
+    task = task_from_record(record, max_new_tokens)
+    return InferencePlan.single(task, settings_from_record(record), record, members)
 
 
 def settings_from_record(record: dict[str, Any]) -> EncodeSettings:

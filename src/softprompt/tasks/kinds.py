@@ -64,6 +64,11 @@ class Task(Protocol):
         """The task's metrics over labelled examples."""
         ...
 
+    def to_record(self) -> dict[str, Any] | None:
+        """What a saved prompt records of the task to rebuild it (None: nothing beyond
+        the template and lengths every prompt records)."""
+        ...
+
 
 @dataclass
 class TextTask:
@@ -99,6 +104,9 @@ class TextTask:
             record["target"] = raw.target
         record.update(output)
         return record
+
+    def to_record(self) -> None:
+        return None  # the template and lengths are in every prompt's task record
 
     def metrics(self, examples: list[TextExample], records: list[dict[str, Any]]) -> dict:
         preds = [r.get("prediction") or "" for r in records]
@@ -300,6 +308,7 @@ def _spaced(text: str, target: str | None) -> str | None:
 
 def task_record(config: RunConfig) -> dict:
     """What a saved prompt remembers of its task, so predict needs no config."""
+    lora = config.method.lora
     return {
         "type": config.task.type,
         "template": config.data.template,
@@ -307,4 +316,6 @@ def task_record(config: RunConfig) -> dict:
         "max_input_length": config.data.max_input_length,
         "max_target_length": config.data.max_target_length,
         "max_new_tokens": config.task.max_new_tokens,
+        # A QLoRA adapter was trained on 4/8-bit base weights: predict reloads them so.
+        "quantization_bit": lora.quantization_bit if lora.enabled else None,
     }

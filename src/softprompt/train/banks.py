@@ -16,15 +16,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from softprompt.config.multitask import TaskSpec, task_specs
 from softprompt.config.run import ConfigError, RunConfig
 from softprompt.data.mixing import mix_indices
 from softprompt.data.splits import load_split, load_split_with_info
-from softprompt.inference.ensemble import evaluate_ensemble
-from softprompt.inference.evaluate import evaluate, mean_over
-from softprompt.tasks.kinds import Task, VisionTask, task_from_config
+from softprompt.inference.plan import InferencePlan, Route
+from softprompt.tasks.kinds import Task, task_from_config
 from softprompt.train.run_files import prompt_task_record
 
 logger = logging.getLogger("softprompt")
@@ -102,12 +99,7 @@ def load_multitask_data(config: RunConfig, backbone) -> MultiTaskData:
 
 def bank_records(views: list[TaskView], backbone) -> dict[str, dict[str, Any]]:
     """What each task's prompt records about its task (template, classes, ...)."""
-    return {
-        v.name: prompt_task_record(
-            v.spec.config, backbone, v.task if isinstance(v.task, VisionTask) else None
-        )
-        for v in views
-    }
+    return {v.name: prompt_task_record(v.spec.config, backbone, v.task) for v in views}
 
 
 def test_examples(views: list[TaskView]) -> list[tuple[int, Any]]:
@@ -121,38 +113,15 @@ def test_examples(views: list[TaskView]) -> list[tuple[int, Any]]:
     return out
 
 
-def evaluate_tasks(run, tagged: list[tuple[int, Any]], predict: bool, **kwargs: Any):
-    """Each task scored with its own prompt: (flattened + mean metrics, records)."""
-    parts, records = {}, []
-    for view in run.task_views:
-        examples = [e for i, e in tagged if i == view.index]
-        if not examples:
-            continue
-
-        def prompts(n: int, index: int = view.index):
-            return run.tuners.prompt_input(n, ids=torch.full((n,), index, dtype=torch.long))
-
-        metrics, own = evaluate(
-            run.backbone, prompts, examples, view.task, run.settings, predict=predict, **kwargs
-        )
-        parts[view.name] = metrics
-        records.extend({"task": view.name, **r} for r in own)
-    return mean_over(parts), records
-
-
-def evaluate_members(run, examples: list, predict: bool, **kwargs: Any):
-    """Each ensemble member and the ensemble: (metrics, ensemble records)."""
-    bank = run.tuners.prompt
-    sources = []
-    for k in range(len(bank.members)):
-
-        def prompts(n: int, index: int = k):
-            return run.tuners.prompt_input(n, ids=torch.full((n,), index, dtype=torch.long))
-
-        sources.append(prompts)
-    metrics, records, members = evaluate_ensemble(
-        run.backbone, sources, examples, run.task, run.settings, predict=predict, **kwargs
-    )
-    for name, member in zip(bank.names, members, strict=True):
-        metrics.update({f"{name}_{k}": v for k, v in member.items()})
-    return metrics, records
+def training_plan(run) -> InferencePlan:
+    """The run's inference plan: one route per task of a multi-task run (its prompt id in
+    the bank), an ensemble's members, or the one task."""
+    if run.task_views is not None:
+        routes = [
+            Route(view.name, view.task, run.settings, prompt_id=view.index)
+            for view in run.task_views
+        ]
+        return InferencePlan.tasks(routes)
+    prompt = run.tuners.prompt
+    members = tuple(enumerate(prompt.names)) if run.replicas > 1 else ()
+    return InferencePlan.single(run.task, run.settings, members=members)

@@ -28,10 +28,11 @@ from softprompt.backbones.vision_base import move_batch
 from softprompt.config.run import ConfigError, RunConfig
 from softprompt.data.batching import epoch_batches, position_in_epoch
 from softprompt.data.splits import load_split
-from softprompt.inference.evaluate import EvalShard, evaluate
+from softprompt.inference.evaluate import EvalShard
+from softprompt.inference.execute import EvalOptions, evaluate_plan
 from softprompt.inference.predict_io import write_records
-from softprompt.train.banks import evaluate_members, evaluate_tasks
 from softprompt.train.banks import test_examples as tagged_test_examples
+from softprompt.train.banks import training_plan
 from softprompt.train.checkpoint import prune_checkpoints, rng_state, save_checkpoint
 from softprompt.train.dashboards import show_progress
 from softprompt.train.interrupt import DeferredInterrupt, StopRequested
@@ -98,26 +99,28 @@ def row_prompt_ids(run: Run, rows: list[int]) -> torch.Tensor | None:
 def evaluate_split(
     run: Run, examples: list, predict: bool, predictions: Path | None = None
 ) -> dict[str, Any]:
-    """The task's metrics of the tuners as they are now, over every process's share.
+    """The run's metrics of the tuners as they are now, over every process's share: the
+    task's, a multi-task run's per task and mean, or an ensemble's per member and combined
+    (see `softprompt.inference.execute.evaluate_plan`).
 
     Args:
+        examples: raw examples; (task index, example) pairs in a multi-task run.
         predictions: also write the per-example records here (JSONL, main process).
     """
     t = run.training
-    if run.task_views is not None or run.replicas > 1:
-        return evaluate_bank_split(run, examples, predict, predictions)
-    metrics, records = evaluate(
-        run.backbone,
-        run.tuners.prompt_input,
-        examples,
-        run.task,
-        run.settings,
+    plan, tasks = training_plan(run), None
+    if plan.multitask:
+        names = {view.index: view.name for view in run.task_views}
+        tasks = [names[index] for index, _ in examples]
+        examples = [example for _, example in examples]
+    options = EvalOptions(
         batch_size=t.eval_batch_size or t.batch_size,
         predict=predict,
         progress=run.progress and run.main,
         autocast=run.accelerator.autocast,
         shard=EvalShard(run.rank, run.world, gather_object),
     )
+    metrics, records = evaluate_plan(run.backbone, run.tuners, plan, examples, options, tasks)
     if predictions is not None and run.main:
         write_records(records, predictions)
     return metrics
@@ -160,6 +163,7 @@ def save_run_checkpoint(run: Run) -> None:
         )
         prune_checkpoints(run.run_dir, run.training.save_total_limit)
     run.accelerator.wait_for_everyone()
+    run.loop.last_saved = run.state.global_step
 
 
 class Window:
@@ -191,8 +195,8 @@ def log_train(run: Run, window: Window, epoch_float: float, bar) -> None:
     window.loss, window.tokens = 0.0, 0
 
 
-def after_step(run: Run, epoch_float: float) -> tuple[bool, bool]:
-    """Evaluate / checkpoint when due; returns (stop early, checkpoint written)."""
+def after_step(run: Run, epoch_float: float) -> bool:
+    """Evaluate / checkpoint when due; True when early stopping triggers."""
     t, state = run.training, run.state
     epoch_end = state.samples_in_epoch >= len(run.train_examples)
     last = state.global_step == run.total_steps
@@ -208,16 +212,16 @@ def after_step(run: Run, epoch_float: float) -> tuple[bool, bool]:
             t.metric_for_best_model,
             state.bad_evals,
         )
-    return stop, due_save or stop
+    return stop
 
 
-def run_epochs(run: Run, bar, window: Window, last_saved: list[int]) -> None:
-    """The step loop until max steps or early stopping (`last_saved[0]`: last saved step)."""
+def run_epochs(run: Run, bar, window: Window) -> None:
+    """The step loop until max steps or early stopping."""
     t, state, n_train = run.training, run.state, len(run.train_examples)
     # A stop asked of any process is one for all, at the same step boundary: a process
     # leaving alone would leave the others waiting in a collective call for ever.
     agree = (lambda signum: global_max(run.accelerator, signum)) if run.world > 1 else None
-    interrupt = run.interrupt
+    interrupt = run.loop.interrupt
     stop = False
     while state.global_step < run.total_steps and not stop:
         steps = epoch_batches(
@@ -238,9 +242,7 @@ def run_epochs(run: Run, bar, window: Window, last_saved: list[int]) -> None:
             epoch_float = state.epoch + state.samples_in_epoch / n_train
             if state.global_step % t.logging_steps == 0 or state.global_step == run.total_steps:
                 log_train(run, window, epoch_float, bar)
-            stop, saved = after_step(run, epoch_float)
-            if saved:
-                last_saved[0] = state.global_step
+            stop = after_step(run, epoch_float)
             if stop:
                 break
             interrupt.raise_if_requested(agree)
@@ -266,45 +268,59 @@ def train(config: RunConfig, resume: str | None = None, progress: bool = False) 
         desc="train",
         disable=not (progress and run.main),
     )
-    window = Window()
-    last_saved = [state.global_step if resume else -1]
-    run.interrupt = DeferredInterrupt().install()
+    window, loop = Window(), run.loop
+    loop.interrupt = DeferredInterrupt().install()
     try:
-        run_epochs(run, bar, window, last_saved)
+        run_epochs(run, bar, window)
     except KeyboardInterrupt as stopped:
         # Only a stop at a step boundary has a state that resumes exactly, and only there
         # do all processes stand at the same point (see interrupt.py): else save nothing.
         if isinstance(stopped, StopRequested):
             logger.warning("Interrupted: saving checkpoint-%d before exiting", state.global_step)
-            if last_saved[0] != state.global_step:
+            if loop.last_saved != state.global_step:
                 save_run_checkpoint(run)
         raise
     finally:
-        run.interrupt.uninstall()
+        loop.interrupt.uninstall()
         bar.close()
     train_runtime = time.perf_counter() - window.started
-    if last_saved[0] != state.global_step:
+    if loop.last_saved != state.global_step:
         save_run_checkpoint(run)
     return finish(run, train_runtime, window.samples)
 
 
 def finish(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
-    """best/, the test split with the best adapters, all_results.json."""
-    state, run_dir = run.state, run.run_dir
+    """best/, the skipped inputs, best/'s validation and test metrics, all_results.json."""
+    write_final_best(run)
+    results = results_record(run, train_runtime, samples_done)
+    write_skipped_inputs(run)
+    results.update(evaluate_best(run))
+    if run.main:
+        write_json_atomically(run.run_dir / "all_results.json", results)
+    return results
+
+
+def write_final_best(run: Run) -> None:
+    """Collective: best/ complete on disk before any process reads it."""
+    state, best = run.state, run.run_dir / "best"
     # Without an evaluation that chose it, best/ is the last step's state: also after a
     # resume that trained further than the run that first wrote it.
-    if run.main and (state.best_metric is None or not (run_dir / "best").exists()):
-        replace_dir_atomically(run_dir / "best", run.save_adapters)
-    run.accelerator.wait_for_everyone()  # best/ is complete before any process reads it
+    if run.main and (state.best_metric is None or not best.exists()):
+        replace_dir_atomically(best, run.save_adapters)
+    run.accelerator.wait_for_everyone()
+
+
+def results_record(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
+    """all_results.json's training part: position, best step, speed, sizes, evaluations."""
+    state = run.state
     per_tuner, trainable, total = run.tuners.count_parameters()
-    skipped = run.skipped
-    results: dict[str, Any] = {
+    return {
         "global_step": state.global_step,
         "epoch": state.epoch + state.samples_in_epoch / len(run.train_examples),
         "metric_for_best_model": run.training.metric_for_best_model,
         "best_metric": state.best_metric,
         "best_step": state.best_step,
-        "best_model_checkpoint": str(run_dir / "best"),
+        "best_model_checkpoint": str(run.run_dir / "best"),
         "train_runtime": train_runtime,
         "train_samples_per_second": samples_done / max(train_runtime, 1e-9),
         "trainable_parameters": trainable,
@@ -313,52 +329,49 @@ def finish(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(),
         "methods": run.config.method.enabled_methods(),
         "evaluations": state.evaluations,
-        "skipped_inputs": skipped.count if skipped else 0,
+        "skipped_inputs": run.skipped.count if run.skipped else 0,
     }
+
+
+def write_skipped_inputs(run: Run) -> None:
+    """skipped_inputs.json: the unreadable inputs the data readers left out, if any."""
+    skipped = run.skipped
     if run.main and skipped and skipped.count:
-        (run_dir / "skipped_inputs.json").write_text(
+        (run.run_dir / "skipped_inputs.json").write_text(
             json.dumps(skipped.skipped, indent=2), encoding="utf-8"
         )
+
+
+def final_test_examples(run: Run) -> list:
+    """The test split (each task's, tagged, in a multi-task run); [] when there is none."""
+    if run.task_views is not None:
+        return tagged_test_examples(run.task_views)
     config = run.config
     has_test = config.data.test_path or _has_builtin_test(config)
-    test_examples = load_split(config, "test") if has_test else []
-    if run.task_views is not None:
-        test_examples = tagged_test_examples(run.task_views)
-    if test_examples or run.val_examples:
-        run.tuners.load(read_bundle(run_dir / "best"))
+    return load_split(config, "test") if has_test else []
+
+
+def evaluate_best(run: Run) -> dict[str, Any]:
+    """best/'s `val_*` and `test_*` metrics, with predictions.{val,test}.jsonl beside them."""
+    test_examples = final_test_examples(run)
+    if not (test_examples or run.val_examples):
+        return {}
+    run.tuners.load(read_bundle(run.run_dir / "best"))
+    results: dict[str, Any] = {}
     if run.val_examples:
         results.update(best_val_predictions(run))
     if test_examples:
-        metrics = evaluate_split(
-            run, test_examples, predict=True, predictions=run_dir / "predictions.test.jsonl"
-        )
-        test_metrics = {f"test_{k}": v for k, v in metrics.items()}
-        results.update(test_metrics)
-        run.log.write({"event": "test", "step": state.global_step, **test_metrics})
-    if run.main:
-        write_json_atomically(run_dir / "all_results.json", results)
+        results.update(evaluate_test_split(run, test_examples))
     return results
 
 
-def evaluate_bank_split(
-    run: Run, examples: list, predict: bool, predictions: Path | None
-) -> dict[str, Any]:
-    """A multi-task run's per-task and mean metrics, or an ensemble's per-member and
-    ensemble metrics (see train/banks.py)."""
-    t = run.training
-    kwargs = {
-        "batch_size": t.eval_batch_size or t.batch_size,
-        "progress": run.progress and run.main,
-        "autocast": run.accelerator.autocast,
-        "shard": EvalShard(run.rank, run.world, gather_object),
-    }
-    if run.task_views is not None:
-        metrics, records = evaluate_tasks(run, examples, predict, **kwargs)
-    else:
-        metrics, records = evaluate_members(run, examples, predict, **kwargs)
-    if predictions is not None and run.main:
-        write_records(records, predictions)
-    return metrics
+def evaluate_test_split(run: Run, examples: list) -> dict[str, Any]:
+    """`test_*` metrics of the adapters loaded now, logged as the run's test event."""
+    path = run.run_dir / "predictions.test.jsonl"
+    metrics = evaluate_split(run, examples, predict=True, predictions=path)
+    test_metrics = {f"test_{k}": v for k, v in metrics.items()}
+    run.log.write({"event": "test", "step": run.state.global_step, **test_metrics})
+    return test_metrics
 
 
 def best_val_predictions(run: Run) -> dict[str, Any]:

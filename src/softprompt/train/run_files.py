@@ -21,8 +21,10 @@ from safetensors.torch import save_file
 from softprompt.backbones.base import Backbone
 from softprompt.backbones.from_config import vision_settings
 from softprompt.config.run import RunConfig
-from softprompt.tasks.kinds import VisionTask, task_record
+from softprompt.tasks.kinds import Task, task_record
 from softprompt.train.dashboards import open_dashboards
+from softprompt.tuners.prompt_tuning.bank import PromptBank
+from softprompt.tuners.prompt_tuning.tuner import PromptTuner
 
 # The soft prompt before training (see `save_initial_prompt`).
 INITIAL_PROMPT_FILE = "initial_prompt.safetensors"
@@ -120,17 +122,16 @@ def drop_partial_last_line(path: Path) -> None:
             handle.truncate(data.rfind(b"\n") + 1)
 
 
-def prompt_task_record(config: RunConfig, backbone, task: VisionTask | None) -> dict[str, Any]:
+def prompt_task_record(config: RunConfig, backbone: Backbone, task: Task | None) -> dict[str, Any]:
     """The task and (for images) the model layout a prompt directory records."""
     record = task_record(config)
-    if task is not None:
-        record["vision_task"] = task.to_record()
+    saved = task.to_record() if task is not None else None
+    if saved is not None:
+        record["vision_task"] = saved
         vision = asdict(vision_settings(config))
         vision.pop("cache_dir", None)
         record["vision"] = vision
-        describe = getattr(backbone, "describe", None)
-        if describe is not None:
-            record["backbone"] = describe()
+        record["backbone"] = backbone.describe()
     return record
 
 
@@ -178,20 +179,14 @@ def save_initial_prompt(
 
 
 @torch.no_grad()
-def initial_prompt_tensors(prompt) -> dict[str, torch.Tensor]:
+def initial_prompt_tensors(prompt: PromptTuner | PromptBank | None) -> dict[str, torch.Tensor]:
     """{key: (P, D) float32 CPU vectors} of a prompt tuner or a prompt bank ({} for none)."""
     if prompt is None:
         return {}
-    members = getattr(prompt, "members", None)
-    named = members.items() if isinstance(members, dict) else [(None, prompt)]
-    tensors = {}
-    for name, tuner in named:
-        read = getattr(tuner, "vectors", None)
-        vectors = read() if read is not None else getattr(tuner, "weight", None)
-        if vectors is not None:
-            key = "prompt_embeddings" if name is None else f"prompt_embeddings.{name}"
-            tensors[key] = vectors.detach().float().cpu().contiguous()
-    return tensors
+    return {
+        key: vectors.detach().float().cpu().contiguous()
+        for key, vectors in prompt.named_vectors().items()
+    }
 
 
 def replace_dir_atomically(target: Path, write) -> None:

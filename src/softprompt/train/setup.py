@@ -1,15 +1,18 @@
-"""Setting a training run up: everything the loop needs, gathered in one `Run` object.
+"""Setting a training run up: named steps that wire everything the loop needs into a `Run`.
 
-The loop (loop.py) is a few named steps over this object: `train_step`, `evaluate_run`,
-`save_run_checkpoint`, `finish`. None of them closes over mutable state; each reads and
-updates the `Run` it is given.
+`setup_run` runs the steps in order (run directory, model, data, tuners, optimizer,
+state) and builds the `Run` complete, by keyword. The `Run` is the wiring and is never
+reassigned; what the loop changes lives apart from it, in `Run.state` (the position,
+saved with every checkpoint) and `Run.loop` (the loop's own bookkeeping). The loop
+(loop.py) is a few named steps over this object: `train_step`, `evaluate_run`,
+`save_run_checkpoint`, `finish`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +22,15 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from softprompt.artifacts.bundle import read_bundle
-from softprompt.artifacts.prompt_dir import fingerprint
-from softprompt.backbones.base import EncodeSettings
+from softprompt.artifacts.fingerprint import fingerprint
+from softprompt.backbones.base import Backbone, EncodeSettings
 from softprompt.backbones.from_config import backbone_from_config, encode_settings
 from softprompt.config.run import ConfigError, RunConfig, TrainingConfig, save_config
 from softprompt.data.splits import load_split, load_split_with_info
-from softprompt.tasks.kinds import Task, VisionTask, task_from_config
+from softprompt.tasks.kinds import Task, task_from_config
 from softprompt.train.banks import bank_records, load_multitask_data
 from softprompt.train.checkpoint import TrainState, find_latest_checkpoint, load_checkpoint
+from softprompt.train.interrupt import DeferredInterrupt
 from softprompt.train.parallel import TrainableParts, make_accelerator
 from softprompt.train.run_files import (
     MetricsLog,
@@ -36,7 +40,6 @@ from softprompt.train.run_files import (
     save_context,
     save_initial_prompt,
 )
-from softprompt.tuners.prompt_tuning.bank import PromptBank
 from softprompt.tuners.tuner_set import TunerSet
 
 logger = logging.getLogger("softprompt")
@@ -54,13 +57,26 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
 
 
 @dataclass
+class LoopState:
+    """What the loop changes besides the saved position (`Run.state`); never saved."""
+
+    # The step of the newest checkpoint on disk (written, or resumed from); -1: none yet.
+    last_saved: int = -1
+    interrupt: DeferredInterrupt | None = None  # installed while the step loop runs
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Run:
-    """One training run's objects and position (the loop's only state)."""
+    """One training run's wiring, built complete by `setup_run` and never reassigned.
+
+    The mutable parts are `state` (TrainState: the position and bookkeeping saved with
+    every checkpoint) and `loop` (LoopState); the loop steps update those only.
+    """
 
     config: RunConfig
     accelerator: Accelerator
     run_dir: Path
-    backbone: Any
+    backbone: Backbone
     tuners: TunerSet
     parts: torch.nn.Module  # the trainable tuners, DDP-wrapped when several processes
     optimizer: torch.optim.Optimizer
@@ -70,7 +86,6 @@ class Run:
     train_examples: list
     val_examples: list
     lengths: list[int]
-    state: TrainState
     log: MetricsLog
     context: dict[str, Any]  # what saved adapters record (base model, fingerprint, task)
     examples_per_step: int
@@ -78,12 +93,13 @@ class Run:
     greater_is_better: bool
     progress: bool
     skipped: Any = None
-    interrupt: Any = None  # the DeferredInterrupt installed while the loop runs
     # Several prompts (train/banks.py): a multi-task run's tasks and each training
     # example's prompt id; an ensemble's member count (each row runs once per member).
     task_views: list | None = None
     prompt_ids: list[int] | None = None
     replicas: int = 1
+    state: TrainState = field(default_factory=TrainState)
+    loop: LoopState = field(default_factory=LoopState)
 
     @property
     def training(self) -> TrainingConfig:
@@ -105,8 +121,93 @@ class Run:
         self.tuners.save(directory, self.context)
 
 
-def load_training_data(config: RunConfig, backbone) -> tuple[Task, list, list, list[int], Any]:
-    """(task, train examples (prepared), validation examples, lengths, skipped-input report)."""
+@dataclass(frozen=True)
+class TrainingData:
+    """A run's examples: one task's, or a multi-task run's mixed (with its task views)."""
+
+    task: Task  # a multi-task run's first task
+    train_examples: list  # prepared by their task
+    val_examples: list  # raw; (task index, example) pairs in a multi-task run
+    lengths: list[int]
+    skipped: Any = None  # the skipped-input report
+    task_views: list | None = None
+    prompt_ids: list[int] | None = None  # each training example's prompt in the bank
+
+
+def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
+    """Build the backbone, data, tuners, optimizer and state of a run (resumed if asked).
+
+    The order of the steps is part of reproducibility: the seed is set before the
+    backbone is built, the tuners are initialised after the data is read, and a resumed
+    checkpoint's random state is restored last.
+    """
+    t = config.training
+    accelerator = make_accelerator(t)
+    run_dir = _setup_run_dir(config, resume, accelerator)
+    backbone = _setup_model(config, accelerator)
+    fp = fingerprint(backbone.word_embeddings(), backbone.tokenizer)  # before any training
+    data = load_training_data(config, backbone)
+    context = save_context(config, backbone, fp, prompt_task_record(config, backbone, data.task))
+    tuners, replicas = _setup_tuners(config, backbone, data, context)
+    if accelerator.is_main_process:  # kept from the first start: `softprompt inspect` drift
+        save_initial_prompt(run_dir, tuners, context, keep_existing=bool(resume))
+    _setup_training_modes(t, backbone, accelerator)
+    examples_per_step, total_steps = _step_counts(t, accelerator, len(data.train_examples))
+    parts, optimizer, scheduler = _setup_optimizer(t, accelerator, backbone, tuners, total_steps)
+    log = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, t.report_to)
+    state = _setup_state(
+        resume, run_dir, tuners, optimizer, scheduler, log,
+        rank=accelerator.process_index, batch_size=t.batch_size,
+        examples_per_step=examples_per_step,
+    )  # fmt: skip
+    return Run(
+        config=config, accelerator=accelerator, run_dir=run_dir, backbone=backbone,
+        tuners=tuners, parts=parts, optimizer=optimizer, scheduler=scheduler,
+        task=data.task, settings=encode_settings(config),
+        train_examples=data.train_examples, val_examples=data.val_examples,
+        lengths=data.lengths, skipped=data.skipped,
+        task_views=data.task_views, prompt_ids=data.prompt_ids, replicas=replicas,
+        log=log, context=context,
+        examples_per_step=examples_per_step, total_steps=total_steps,
+        greater_is_better=_greater_is_better(t), progress=progress,
+        state=state, loop=LoopState(last_saved=state.global_step if resume else -1),
+    )  # fmt: skip
+
+
+def _setup_run_dir(config: RunConfig, resume: str | None, accelerator: Accelerator) -> Path:
+    """The run directory, checked (a fresh run) and holding the run's config.yaml."""
+    t = config.training
+    run_dir = Path(t.output_dir)
+    if not resume:
+        start_fresh(run_dir, t.overwrite_output_dir, accelerator)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    return run_dir
+
+
+def _setup_model(config: RunConfig, accelerator: Accelerator) -> Backbone:
+    """The frozen backbone on the run's device, built under the run's seed."""
+    set_seed(config.training.seed)
+    backbone = backbone_from_config(config, device=accelerator.device.type)
+    if not config.method.lora.quantization_bit:  # bitsandbytes places quantized weights itself
+        backbone.model.to(accelerator.device)
+    return backbone
+
+
+def load_training_data(config: RunConfig, backbone: Backbone) -> TrainingData:
+    """The run's training and validation data: the one task's, or every task's mixed."""
+    if config.tasks:
+        multi = load_multitask_data(config, backbone)
+        return TrainingData(
+            task=multi.views[0].task,
+            train_examples=multi.train_examples,
+            val_examples=multi.val_examples,
+            lengths=multi.lengths,
+            skipped=multi.skipped,
+            task_views=multi.views,
+            prompt_ids=multi.prompt_ids,
+        )
     raw_train, info = load_split_with_info(config, "train")
     val_examples = load_split(config, "val")
     if not raw_train:
@@ -121,7 +222,116 @@ def load_training_data(config: RunConfig, backbone) -> tuple[Task, list, list, l
         len(val_examples),
         f" ({skipped.count} unreadable inputs skipped)" if skipped and skipped.count else "",
     )
-    return task, train_examples, val_examples, lengths, skipped
+    return TrainingData(task, train_examples, val_examples, lengths, skipped)
+
+
+def _setup_tuners(
+    config: RunConfig, backbone: Backbone, data: TrainingData, context: dict[str, Any]
+) -> tuple[TunerSet, int]:
+    """The tuners, a prompt bank's per-prompt task records, and the rows' replica count
+    (an ensemble runs each row once per member; 1 otherwise)."""
+    tuners = build_tuners(config, backbone)
+    replicas = 1
+    if tuners.prompt is not None and tuners.prompt.kind != "single":  # a bank
+        bank = tuners.prompt
+        if data.task_views is not None:
+            bank.records = bank_records(data.task_views, backbone)
+        else:
+            bank.records = dict.fromkeys(bank.names, context["task"])
+            replicas = len(bank.members)
+    return tuners, replicas
+
+
+def _setup_training_modes(t: TrainingConfig, backbone: Backbone, accelerator: Accelerator) -> None:
+    """Train mode, and the attention / checkpointing the training config asks for."""
+    if t.bf16 and accelerator.device.type == "cpu":
+        use_eager_attention(backbone)
+    backbone.model.train()
+    if t.gradient_checkpointing:
+        backbone.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+
+def _step_counts(t: TrainingConfig, accelerator: Accelerator, n_train: int) -> tuple[int, int]:
+    """(examples per optimizer step, optimizer steps of the run), logged."""
+    world = accelerator.num_processes
+    examples_per_step = t.batch_size * world * t.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(n_train / examples_per_step)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    logger.info(
+        "Training: %d process(es) x batch_size %d x gradient_accumulation_steps %d = "
+        "%d examples per optimizer step; %d steps",
+        world,
+        t.batch_size,
+        t.gradient_accumulation_steps,
+        examples_per_step,
+        total_steps,
+    )
+    return examples_per_step, total_steps
+
+
+def _setup_optimizer(
+    t: TrainingConfig,
+    accelerator: Accelerator,
+    backbone: Backbone,
+    tuners: TunerSet,
+    total_steps: int,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    """(the trainable parts, prepared for the processes; the optimizer; the scheduler)."""
+    optimizer = torch.optim.AdamW(
+        tuners.param_groups(), lr=t.learning_rate, weight_decay=t.weight_decay
+    )
+    scheduler = get_scheduler(
+        t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps
+    )
+    # The scheduler is not prepared: accelerate would step it once per process.
+    parts, optimizer = accelerator.prepare(TrainableParts(backbone, tuners), optimizer)
+    return parts, optimizer, scheduler
+
+
+def _greater_is_better(t: TrainingConfig) -> bool:
+    if t.greater_is_better is not None:
+        return t.greater_is_better
+    return not lower_is_better(t.metric_for_best_model)
+
+
+def _setup_state(
+    resume: str | None,
+    run_dir: Path,
+    tuners: TunerSet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    log: MetricsLog,
+    *,
+    rank: int,
+    batch_size: int,
+    examples_per_step: int,
+) -> TrainState:
+    """A fresh position, or the newest (or given) checkpoint's: its weights, optimizer,
+    scheduler and random state are loaded, and the log forgets the steps after it."""
+    state = TrainState()
+    path = resolve_resume(resume, run_dir) if resume else None
+    if path is not None:
+        tuners.load(read_bundle(path))
+        state = load_checkpoint(
+            path, optimizer, scheduler, process_index=rank, batch_size=batch_size
+        )
+        logger.info("Resumed from %s at step %d", path, state.global_step)
+        if state.samples_in_epoch and state.examples_per_step != examples_per_step:
+            logger.warning(
+                "The checkpoint was written with %d examples per optimizer step, this run "
+                "takes %d: the rest of epoch %d follows a new order (a few examples may be "
+                "repeated or skipped). Keep batch_size x processes x "
+                "gradient_accumulation_steps equal to resume exactly.",
+                state.examples_per_step,
+                examples_per_step,
+                state.epoch,
+            )
+    if resume:
+        log.forget_after(state.global_step)
+    state.examples_per_step = examples_per_step
+    return state
 
 
 def use_eager_attention(backbone) -> None:
@@ -168,112 +378,3 @@ def build_tuners(config: RunConfig, backbone) -> TunerSet:
         )
     tuners.log_counts()
     return tuners
-
-
-def _optimization(t: TrainingConfig, tuners: TunerSet, total_steps: int):
-    optimizer = torch.optim.AdamW(
-        tuners.param_groups(), lr=t.learning_rate, weight_decay=t.weight_decay
-    )
-    scheduler = get_scheduler(
-        t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps
-    )
-    return optimizer, scheduler
-
-
-def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
-    """Build the backbone, tuners, data, optimizer and state of a run (resumed if asked)."""
-    t = config.training
-    run_dir = Path(t.output_dir)
-    accelerator = make_accelerator(t)
-    if not resume:
-        start_fresh(run_dir, t.overwrite_output_dir, accelerator)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    set_seed(t.seed)
-    backbone = backbone_from_config(config, device=accelerator.device.type)
-    if not config.method.lora.quantization_bit:  # bitsandbytes places quantized weights itself
-        backbone.model.to(accelerator.device)
-    fp = fingerprint(backbone.word_embeddings(), backbone.tokenizer)  # before any training
-    multi = load_multitask_data(config, backbone) if config.tasks else None
-    if multi is not None:
-        task, train_examples, lengths = multi.views[0].task, multi.train_examples, multi.lengths
-        val_examples, skipped = multi.val_examples, multi.skipped
-    else:
-        task, train_examples, val_examples, lengths, skipped = load_training_data(config, backbone)
-    vision_task = task if isinstance(task, VisionTask) else None
-    context = save_context(config, backbone, fp, prompt_task_record(config, backbone, vision_task))
-    tuners = build_tuners(config, backbone)
-    if isinstance(tuners.prompt, PromptBank):
-        bank = tuners.prompt
-        bank.records = (
-            bank_records(multi.views, backbone)
-            if multi
-            else dict.fromkeys(bank.names, context["task"])
-        )
-    if accelerator.is_main_process:  # kept from the first start: `softprompt inspect` drift
-        save_initial_prompt(run_dir, tuners, context, keep_existing=bool(resume))
-    if t.bf16 and accelerator.device.type == "cpu":
-        use_eager_attention(backbone)
-    backbone.model.train()
-    if t.gradient_checkpointing:
-        backbone.model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
-    world = accelerator.num_processes
-    examples_per_step = t.batch_size * world * t.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    logger.info(
-        "Training: %d process(es) x batch_size %d x gradient_accumulation_steps %d = "
-        "%d examples per optimizer step; %d steps",
-        world,
-        t.batch_size,
-        t.gradient_accumulation_steps,
-        examples_per_step,
-        total_steps,
-    )
-    optimizer, scheduler = _optimization(t, tuners, total_steps)
-    # The scheduler is not prepared: accelerate would step it once per process.
-    parts, optimizer = accelerator.prepare(TrainableParts(backbone, tuners), optimizer)
-    greater = t.greater_is_better
-    if greater is None:
-        greater = not lower_is_better(t.metric_for_best_model)
-    run = Run(
-        config, accelerator, run_dir, backbone, tuners, parts, optimizer, scheduler, task,
-        encode_settings(config), train_examples, val_examples, lengths, TrainState(),
-        MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, t.report_to), context,
-        examples_per_step, total_steps, greater, progress, skipped,
-    )  # fmt: skip
-    if multi is not None:
-        run.task_views, run.prompt_ids = multi.views, multi.prompt_ids
-    elif isinstance(tuners.prompt, PromptBank):
-        run.replicas = len(tuners.prompt.members)
-    if resume:
-        restore(run, resume)
-    run.state.examples_per_step = examples_per_step
-    return run
-
-
-def restore(run: Run, resume: str) -> None:
-    """Load the newest (or given) checkpoint into the run: weights, optimizer, position."""
-    path = resolve_resume(resume, run.run_dir)
-    if path is not None:
-        run.tuners.load(read_bundle(path))
-        t = run.training
-        run.state = load_checkpoint(
-            path, run.optimizer, run.scheduler, process_index=run.rank, batch_size=t.batch_size
-        )
-        logger.info("Resumed from %s at step %d", path, run.state.global_step)
-        state = run.state
-        if state.samples_in_epoch and state.examples_per_step != run.examples_per_step:
-            logger.warning(
-                "The checkpoint was written with %d examples per optimizer step, this run "
-                "takes %d: the rest of epoch %d follows a new order (a few examples may be "
-                "repeated or skipped). Keep batch_size x processes x "
-                "gradient_accumulation_steps equal to resume exactly.",
-                state.examples_per_step,
-                run.examples_per_step,
-                state.epoch,
-            )
-    run.log.forget_after(run.state.global_step)

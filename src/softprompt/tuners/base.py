@@ -17,7 +17,7 @@ from torch import nn
 from softprompt.backbones.prompt_input import PromptInput
 from softprompt.registry import Registry
 
-__all__ = ["SAVED_TUNERS", "TUNERS", "PromptInput", "Tuner", "trainable_parameters"]
+__all__ = ["SAVED_TUNERS", "TUNERS", "PromptInput", "Tuner", "TunerBase", "trainable_parameters"]
 
 
 @runtime_checkable
@@ -30,6 +30,8 @@ class Tuner(Protocol):
         learning_rate: its optimizer group's learning rate.
         trainable: whether it trains in this run (a loaded LoRA can stay frozen).
         enabled: whether it acts on the model's outputs now (a hot switch).
+        saved_method: the method a bundle's manifest names for its adapter (the
+            `SAVED_TUNERS` loader): `name`, unless it saves as another (a prompt bank).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Tuner(Protocol):
     learning_rate: float
     trainable: bool
     enabled: bool
+    saved_method: str
 
     def modules(self) -> dict[str, nn.Module]:
         """Modules holding this tuner's parameters (wrapped together for DDP)."""
@@ -53,6 +56,16 @@ class Tuner(Protocol):
     def load(self, directory: Path) -> None:
         """Load weights saved by `save` (or by PEFT) into this tuner."""
         ...
+
+
+class TunerBase:
+    """Defaults of `Tuner`'s members that most methods share."""
+
+    name: str
+
+    @property
+    def saved_method(self) -> str:
+        return self.name
 
 
 # name -> factory(config: RunConfig, backbone) -> Tuner | None (None: not enabled)

@@ -16,10 +16,10 @@ from typing import Any
 from torch import nn
 
 from softprompt.config.run import ConfigError
-from softprompt.tuners.base import TUNERS
+from softprompt.tuners.base import TUNERS, TunerBase
 
 
-class BackboneModuleTuner:
+class BackboneModuleTuner(TunerBase):
     """A trainable module the backbone owns (`backbone.trainable_modules()`)."""
 
     adapter = ""  # saved with the backbone's state, not as an adapter directory of its own
@@ -49,7 +49,7 @@ class BackboneModuleTuner:
 
 def _module_tuner(name: str):
     def build(config, backbone) -> BackboneModuleTuner | None:
-        modules = getattr(backbone, "trainable_modules", dict)()
+        modules = backbone.trainable_modules()
         if name not in modules:
             return None
         t = config.training

@@ -11,38 +11,42 @@ import torch
 from torch import nn
 
 from softprompt.artifacts.bundle import Bundle, write_bundle
+from softprompt.backbones.base import Backbone
 from softprompt.config.run import ConfigError
-from softprompt.tuners.base import TUNERS, PromptInput, Tuner, trainable_parameters
+from softprompt.tuners.base import (
+    SAVED_TUNERS,
+    TUNERS,
+    PromptInput,
+    Tuner,
+    trainable_parameters,
+)
+from softprompt.tuners.spec import tuner_specs
 
 logger = logging.getLogger("softprompt")
 
+# Every table below is derived from the methods' specs (tuners/*/spec.py).
 # Build order; also the optimizer's group order, which checkpoints of prompt-only runs
 # (prompt first, then the backbone's extras) rely on.
-TUNER_ORDER = ("prompt_tuning", "projection", "qformer_prompt", "lora", "full", "prefix_tuning")
-TUNER_MODULES = (
-    "softprompt.tuners.prompt_tuning.tuner",
-    "softprompt.tuners.prompt_tuning.bank",
-    "softprompt.tuners.prompt_tuning.build",
-    "softprompt.tuners.modules",
-    "softprompt.tuners.lora.tuner",
-    "softprompt.tuners.full.tuner",
-    "softprompt.tuners.prefix_tuning.tuner",
-)
+TUNER_ORDER = tuple(spec.name for spec in tuner_specs())
+# The modules that register the builders and saved-adapter loaders, imported on first use.
+TUNER_MODULES = tuple(dict.fromkeys(spec.module for spec in tuner_specs()))
 # Adapter names users switch on and off (CLI flags, config), and the methods behind them.
-ADAPTER_ALIASES = {
-    "prompt": "prompt",
-    "prompt_tuning": "prompt",
-    "lora": "lora",
-    "full": "full",
-    "prefix": "prefix",
-    "prefix_tuning": "prefix",
-}
+ADAPTER_ALIASES = {name: spec.adapter for spec in tuner_specs() for name in spec.switch_names}
 
 
 def register_tuners() -> None:
-    """Import every tuner module (each registers itself in TUNERS)."""
+    """Import every method's module (each registers itself in TUNERS and SAVED_TUNERS).
+
+    Raises:
+        RuntimeError: a module did not register what its method's spec says it holds.
+    """
     for name in TUNER_MODULES:
         importlib.import_module(name)
+    for spec in tuner_specs():
+        missing = [] if spec.name in TUNERS else [f"the builder {spec.name!r}"]
+        missing += [f"the loader {n!r}" for n in spec.saved if n not in SAVED_TUNERS]
+        if missing:
+            raise RuntimeError(f"{spec.module} does not register {', '.join(missing)}")
 
 
 class TunerSet:
@@ -53,7 +57,7 @@ class TunerSet:
         backbone: the backbone they act on (its extras are saved with them).
     """
 
-    def __init__(self, tuners: list[Tuner], backbone) -> None:
+    def __init__(self, tuners: list[Tuner], backbone: Backbone) -> None:
         self.tuners = tuners
         self.backbone = backbone
 
@@ -150,9 +154,7 @@ class TunerSet:
 
     def save(self, directory: Path, context: dict[str, Any]) -> None:
         """Write the adapter bundle (a plain prompt directory for a prompt-only run)."""
-        state_for_save = getattr(self.backbone, "state_for_save", None)
-        extras = state_for_save() if state_for_save is not None else {}
-        write_bundle(Path(directory), self.tuners, context, extras)
+        write_bundle(Path(directory), self.tuners, context, self.backbone.state_for_save())
 
     def load(self, bundle: Bundle) -> None:
         """Load saved weights into this set's tuners (resume, `best/` for the test split).

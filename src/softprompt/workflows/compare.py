@@ -15,19 +15,38 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.config.run import ConfigError
+from softprompt.tuners.spec import section_specs, tuner_specs
 
-_PLAIN = "method.prompt_tuning.reparameterize=none"
-_NO_PREFIX = "method.prefix_tuning.enabled=false"
-# Method name -> config overrides (every method switch is set, so the config's own
-# switches never leak into another row).
-METHODS: dict[str, list[str]] = {
-    "prompt": ["method.prompt_tuning.enabled=true", "method.lora.enabled=false", "method.full.enabled=false", _PLAIN, _NO_PREFIX],
-    "lora": ["method.prompt_tuning.enabled=false", "method.lora.enabled=true", "method.full.enabled=false", _PLAIN, _NO_PREFIX],
-    "prompt+lora": ["method.prompt_tuning.enabled=true", "method.lora.enabled=true", "method.full.enabled=false", _PLAIN, _NO_PREFIX],
-    "full": ["method.prompt_tuning.enabled=false", "method.lora.enabled=false", "method.full.enabled=true", _PLAIN, _NO_PREFIX],
-    "residual": ["method.prompt_tuning.enabled=true", "method.lora.enabled=false", "method.full.enabled=false", "method.prompt_tuning.reparameterize=residual", _NO_PREFIX],
-    "prefix": ["method.prompt_tuning.enabled=false", "method.lora.enabled=false", "method.full.enabled=false", _PLAIN, "method.prefix_tuning.enabled=true"],
-}  # fmt: skip
+
+def method_presets() -> dict[str, list[str]]:
+    """`--methods` name -> its config overrides, from the methods' specs (in `rank` order).
+
+    Every method switch is set, and every method's `compare_defaults`, so the config's own
+    switches never leak into another row.
+
+    Raises:
+        ValueError: two methods bring presets of the same name, or a preset enables a
+            method without a section.
+    """
+    specs = section_specs()
+    presets = sorted((p for spec in tuner_specs() for p in spec.presets), key=lambda p: p.rank)
+    out: dict[str, list[str]] = {}
+    for preset in presets:
+        unknown = set(preset.enable) - {spec.name for spec in specs}
+        if preset.name in out or unknown:
+            why = f"enables unknown {sorted(unknown)}" if unknown else "is brought by two methods"
+            raise ValueError(f"compare preset {preset.name!r} {why}")
+        values: dict[str, str] = {}
+        for spec in specs:
+            values[f"method.{spec.name}.enabled"] = str(spec.name in preset.enable).lower()
+            values.update(o.split("=", 1) for o in spec.compare_defaults)
+        values.update(o.split("=", 1) for o in preset.overrides)
+        out[preset.name] = [f"{key}={value}" for key, value in values.items()]
+    return out
+
+
+# Method name -> config overrides.
+METHODS: dict[str, list[str]] = method_presets()
 
 
 def parse_methods(text: str) -> list[str]:

@@ -60,11 +60,12 @@ def inspect_prompt(
         names = ", ".join(str(n) for n in prompts)
         raise PromptLoadError(f"{bundle.directory} has no prompt {task!r} (it has: {names})")
     prompt = prompts[task]
-    if backbone is None:
-        from softprompt.inference.loaded import LoadedModel
+    from softprompt.inference.loaded import LoadedModel
 
+    if backbone is None:
         backbone = LoadedModel.from_bundle(prompt_dir, model=model, device="cpu").backbone
-    backbone = getattr(backbone, "backbone", backbone)  # a LoadedModel -> its backbone
+    elif isinstance(backbone, LoadedModel):
+        backbone = backbone.backbone
     weight = prompt.weight.float()  # (P, D)
     vocab = _vocabulary_matrix(backbone)  # (V, D)
     if weight.shape[1] != vocab.shape[1]:
@@ -81,7 +82,7 @@ def inspect_prompt(
         "prompt_dir": str(bundle.directory),
         "task": task,
         "tasks": [n for n in prompts if n is not None],
-        "base_model": bundle.base_model or getattr(backbone, "name_or_path", None),
+        "base_model": bundle.base_model or backbone.name_or_path,
         "num_virtual_tokens": int(weight.shape[0]),
         "token_dim": int(weight.shape[1]),
         "vocab_size": int(vocab.shape[0]),
@@ -119,7 +120,7 @@ def prompts_of(bundle: Bundle) -> dict[str | None, LoadedPrompt]:
 def _vocabulary_matrix(backbone) -> torch.Tensor:
     """(V, D) float32 rows of real tokens: rows past the tokenizer's size are padding."""
     matrix = backbone.word_embeddings().detach()
-    tokenizer = getattr(backbone, "tokenizer", None)
+    tokenizer = backbone.tokenizer
     rows = matrix.shape[0] if tokenizer is None else min(matrix.shape[0], len(tokenizer))
     return matrix[:rows].to("cpu", torch.float32)
 

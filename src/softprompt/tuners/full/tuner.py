@@ -16,11 +16,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from softprompt.artifacts.peft_files import PeftFileError
+from softprompt.backbones.base import Backbone
 from softprompt.config.run import ConfigError
-from softprompt.tuners.base import SAVED_TUNERS, TUNERS
+from softprompt.tuners.base import SAVED_TUNERS, TUNERS, TunerBase
 
 
-class FullTuner:
+class FullTuner(TunerBase):
     """Unfreezes the language model (`language_model(backbone)`) and trains all of it."""
 
     name = "full"
@@ -73,9 +74,9 @@ def build_full_tuner(config, backbone) -> FullTuner | None:
     return FullTuner(language_model(backbone), settings.learning_rate)
 
 
-def language_model(backbone) -> nn.Module:
+def language_model(backbone: Backbone) -> nn.Module:
     """The Hugging Face language model of a text backbone or of a VLM's text half."""
-    return getattr(backbone, "lm", backbone).model
+    return backbone.lm.model
 
 
 @SAVED_TUNERS.register("full")

@@ -22,7 +22,7 @@ from torch import nn
 
 from softprompt.artifacts.peft_files import PeftFileError, read_adapter_weights
 from softprompt.config.run import ConfigError
-from softprompt.tuners.base import SAVED_TUNERS, TUNERS
+from softprompt.tuners.base import SAVED_TUNERS, TUNERS, TunerBase
 from softprompt.tuners.lora.config import LoraSettings
 
 ADAPTER_NAME = "default"
@@ -50,7 +50,7 @@ def default_targets(backbone) -> list[str] | str:
     return rf"{re.escape(scope)}\..*\.({alternatives})"
 
 
-class LoraTuner:
+class LoraTuner(TunerBase):
     """LoRA adapters inside `backbone.peft_model()`.
 
     Args:

@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from softprompt.artifacts.peft_files import PeftFileError, read_adapter_weights
+from softprompt.backbones.base import Backbone, TextBackbone
 from softprompt.backbones.prefix_cache import PrefixHook, PrefixShape, prefix_shape
-from softprompt.tuners.base import SAVED_TUNERS, TUNERS
+from softprompt.tuners.base import SAVED_TUNERS, TUNERS, TunerBase
 from softprompt.tuners.prefix_tuning.config import PrefixTuningSettings
 
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -40,12 +41,7 @@ PEFT_KEY = "prompt_embeddings"
 SEED_OFFSET = 7919
 
 
-def text_backbone(backbone):
-    """The text backbone holding the language model (itself for text models)."""
-    return getattr(backbone, "lm", backbone)
-
-
-def hook_target(lm) -> nn.Module:
+def hook_target(lm: TextBackbone) -> nn.Module:
     """The module owning the attention layers that take the prefix: a causal LM's base
     model (what the backbone and the model's own forward both call), a seq2seq decoder."""
     if lm.labels_in_input:
@@ -53,9 +49,9 @@ def hook_target(lm) -> nn.Module:
     return lm.model.get_decoder()
 
 
-def model_geometry(backbone) -> tuple[Any, PrefixShape]:
+def model_geometry(backbone: Backbone) -> tuple[Any, PrefixShape]:
     """The language model's config and where a prefix goes in it."""
-    lm = text_backbone(backbone)
+    lm = backbone.lm
     config = lm.model.config
     return config, prefix_shape(config, seq2seq=not lm.labels_in_input)
 
@@ -78,7 +74,7 @@ def peft_config(
     )
 
 
-class PrefixTuner:
+class PrefixTuner(TunerBase):
     """A prefix of `num_virtual_tokens` keys and values in every attention layer.
 
     Args:
@@ -102,10 +98,10 @@ class PrefixTuner:
         self.trainable = trainable
         self.enabled = True
         config.inference_mode = not trainable
-        self.encoder = PrefixEncoder(config).to(text_backbone(backbone).word_embeddings().device)
+        self.encoder = PrefixEncoder(config).to(backbone.lm.word_embeddings().device)
         self.encoder.requires_grad_(trainable)
         self.hook = PrefixHook(
-            hook_target(text_backbone(backbone)),
+            hook_target(backbone.lm),
             self.table,
             config.num_virtual_tokens,
             self.shape,

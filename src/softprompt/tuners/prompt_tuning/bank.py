@@ -14,27 +14,15 @@ the task record it was trained for, and the SHA-256 of every file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from softprompt.artifacts.bank import (
-    BANK_FORMAT,
-    MODULES_FILE,
-    is_bank,
-    read_bank_meta,
-)
-from softprompt.artifacts.prompt_dir import (
-    META_FILE,
-    PromptLoadError,
-    load_prompt,
-    sha256_file,
-)
+from softprompt.artifacts.bank import BankDir, read_bank_meta
+from softprompt.artifacts.prompt_dir import PromptLoadError, load_prompt
 from softprompt.config.run import ConfigError
 from softprompt.tuners.base import SAVED_TUNERS, PromptInput
 from softprompt.tuners.prompt_tuning.tuner import PromptTuner
@@ -103,6 +91,10 @@ class PromptBank:
     def set_enabled(self, enabled: bool) -> None:
         self.enabled = enabled
 
+    def named_vectors(self, key: str = "prompt_embeddings") -> dict[str, torch.Tensor]:
+        """{key.<member>: (P, D)} every member's prompt, in bank order."""
+        return {f"{key}.{name}": m.vectors() for name, m in self.members.items()}
+
     def vectors(self, name: str) -> torch.Tensor:
         """(P, D) the effective prompt of one member."""
         return self.members[name].prompt_input(1).table[0]
@@ -144,28 +136,7 @@ class PromptBank:
             own = {**context, "extra": None, "task": self.records.get(name, context.get("task"))}
             member.save(directory / name, own)
         extras = context.get("extra") or {}
-        if extras:
-            tensors = {k: v.detach().float().cpu().contiguous() for k, v in extras.items()}
-            save_file(tensors, str(directory / MODULES_FILE), metadata={"format": "pt"})
-        files = {
-            f.relative_to(directory).as_posix(): sha256_file(f)
-            for f in sorted(directory.rglob("*"))
-            if f.is_file() and f.relative_to(directory).as_posix() != META_FILE
-        }
-        first = self.names[0]
-        manifest = {
-            "format": BANK_FORMAT,
-            "format_version": 1,
-            "kind": self.kind,
-            "family": context["family"],
-            "base_model": context["base_model"],
-            "fingerprint": context["fingerprint"],
-            "placement": context.get("placement", "prepend"),
-            "task": self.records.get(first, context.get("task") or {}),
-            "members": {n: {"path": n, "task": self.records.get(n, {})} for n in self.names},
-            "files": files,
-        }
-        (directory / META_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        BankDir.write(directory, self.names, self.records, self.kind, context, extras)
 
     def load(self, directory: Path) -> None:
         for name, member in self.members.items():
@@ -230,7 +201,7 @@ def _task_prompt(spec, backbone, learning_rate: float, seed: int) -> PromptTuner
             "prompt vectors; use reparameterize none or residual with init_from"
         )
     source = Path(spec.init_from)
-    if is_bank(source):
+    if BankDir.detect(source):
         raise ConfigError(f"{where}: {source} is a bank; name one of its prompts: {source}/<task>")
     try:
         loaded = load_prompt(source)

@@ -14,13 +14,13 @@ from softprompt.artifacts.prompt_dir import (
     load_prompt,
     save_prompt,
 )
-from softprompt.tuners.base import SAVED_TUNERS, PromptInput
+from softprompt.tuners.base import SAVED_TUNERS, PromptInput, TunerBase
 from softprompt.tuners.prompt_tuning.config import PromptTuningConfig
 from softprompt.tuners.prompt_tuning.model import SoftPrompt
 from softprompt.tuners.prompt_tuning.reparam import build_encoder
 
 
-class PromptTuner:
+class PromptTuner(TunerBase):
     """A soft prompt of `num_virtual_tokens` vectors in front of the backbone's input.
 
     Saved as PEFT's PROMPT_TUNING adapter (see io.py); the backbone's small trainable
@@ -33,6 +33,9 @@ class PromptTuner:
     """
 
     name = "prompt_tuning"
+    # What the inference plan reads: one prompt (a `PromptBank` says "tasks" or "ensemble").
+    kind = "single"
+    names: tuple[str, ...] = ()
     adapter = "prompt"
 
     def __init__(
@@ -86,6 +89,10 @@ class PromptTuner:
             module: the (DDP-wrapped) copy to read it through; this tuner's by default.
         """
         return (module or self.prompt).vectors()
+
+    def named_vectors(self, key: str = "prompt_embeddings") -> dict[str, torch.Tensor]:
+        """{key: (P, D)} the prompt under its weights-file key (a bank: one per member)."""
+        return {key: self.vectors()}
 
     def modules(self) -> dict[str, nn.Module]:
         """The SoftPrompt, encoder included: everything that trains."""

@@ -1,17 +1,17 @@
-"""Tiny BLIP-2 / InstructBLIP checkpoints built from configs (random weights).
+"""Tiny checkpoints built from configs (random weights, tokenizers trained here).
 
-Each builder writes a model and its processor with `save_pretrained` into a directory, so
-the tests load them back through the same `from_pretrained` code a user runs against
-`Salesforce/blip2-opt-2.7b` or `Salesforce/instructblip-flan-t5-xl`.
+Each builder writes a model and its tokenizer or processor with `save_pretrained` into a
+directory, so the tests load them back through the same `from_pretrained` code a user runs
+against a hub checkpoint (`gpt2`, `Salesforce/blip2-opt-2.7b`,
+`Salesforce/instructblip-flan-t5-xl`). conftest.py builds each once per session.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
-from conftest import corpus, train_tokenizer
-from PIL import Image
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -26,18 +26,131 @@ from transformers import (
     Blip2ForConditionalGeneration,
     Blip2Processor,
     BlipImageProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GPT2Config,
+    GPT2LMHeadModel,
     InstructBlipConfig,
     InstructBlipForConditionalGeneration,
     InstructBlipProcessor,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
 )
+
+TEXT_KINDS = ("gpt2", "llama", "t5")
+
+WORDS = (
+    "the a cat dog bird sat on mat ran fast slow red blue green big small house tree "
+    "summary of paper we propose method results show improve model data task learn "
+    "one two three four five yes no animal color size what is it"
+).split()
+
+
+def corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """`n` random sentences of the toy vocabulary (what the tokenizers are trained on)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+
+
+def train_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the toy corpus (vocab ~200)."""
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<pad>", "</s>", "<s>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=240,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    if kind == "t5":
+        # T5 appends </s> to every input and target.
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+        )
+    elif kind == "llama":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>"
+    )
+
+
+# Weights are drawn wider than the usual 0.02 (initializer_range=0.3) so that a random
+# tiny model reacts to its input at all and a soft prompt can learn the toy task.
+def build_text_model(kind: str, directory: Path) -> Path:
+    """Write a tiny `kind` (one of `TEXT_KINDS`) checkpoint + tokenizer; returns its directory."""
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(kind)
+    vocab = len(tokenizer)
+    pad, eos, bos = (tokenizer.convert_tokens_to_ids(t) for t in ("<pad>", "</s>", "<s>"))
+    if kind == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_positions=256,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            initializer_range=0.3,
+        )
+        model = GPT2LMHeadModel(config)
+    elif kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            tie_word_embeddings=False,
+            initializer_range=0.3,
+        )
+        model = LlamaForCausalLM(config)
+    elif kind == "t5":
+        config = T5Config(
+            vocab_size=vocab,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            decoder_start_token_id=pad,
+            dropout_rate=0.0,
+        )
+        model = T5ForConditionalGeneration(config)
+    else:
+        raise ValueError(kind)
+    model.generation_config.pad_token_id = pad
+    model.generation_config.eos_token_id = eos
+    out = directory / f"tiny-{kind}"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
 
 IMAGE_SIZE = 32
 NUM_QUERY_TOKENS = 4
 KINDS = ("blip2-opt", "blip2-t5", "instructblip-opt", "instructblip-t5")
 
 # Drawn wider than the usual 0.02 so a random tiny model reacts to its input at all
-# (the same reason conftest uses 0.3 for the text models).
+# (the same reason the text models use 0.3).
 INIT_RANGE = 0.3
 
 
@@ -167,29 +280,7 @@ def build_all(directory: Path) -> dict[str, Path]:
     return {kind: build_vlm(kind, directory) for kind in KINDS}
 
 
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
-
-
-def colour_images(directory: Path, per_colour: int = 3) -> dict[str, list[Path]]:
-    """Small solid-colour PNGs with a little per-image noise; colour name -> paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    out: dict[str, list[Path]] = {}
-    for name, rgb in COLOURS.items():
-        out[name] = []
-        for i in range(per_colour):
-            base = torch.tensor(rgb, dtype=torch.float32).view(1, 1, 3)
-            noise = torch.randint(-20, 21, (IMAGE_SIZE, IMAGE_SIZE, 3), generator=gen)
-            pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
-            path = directory / f"{name}{i}.png"
-            Image.fromarray(pixels).save(path)
-            out[name].append(path)
-    return out
-
-
-def tiny_clip_vision_config():
-    from transformers import CLIPVisionConfig
-
+def tiny_clip_vision_config() -> CLIPVisionConfig:
     return CLIPVisionConfig(
         hidden_size=32,
         image_size=32,
@@ -200,16 +291,12 @@ def tiny_clip_vision_config():
     )
 
 
-def tiny_clip_processor():
-    from transformers import CLIPImageProcessor
-
+def tiny_clip_processor() -> CLIPImageProcessor:
     return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
 def build_tiny_clip(directory: Path) -> Path:
     """A tiny CLIP vision tower + image processor saved like a hub checkpoint."""
-    from transformers import CLIPVisionModel
-
     torch.manual_seed(0)
     out = directory / "tiny-clip-vision"
     CLIPVisionModel(tiny_clip_vision_config()).save_pretrained(out)
