@@ -201,7 +201,14 @@ def _groups(rows: list[_Row]) -> dict[tuple, list[_Row]]:
 
 def _chunks(rows: list[_Row], batch_size: int, tokenizer) -> list[list[_Row]]:
     """Batches of rows sorted by length, so batches carry little padding."""
-    lengths = [r.route.task.lengths([r.prepared], tokenizer)[0] for r in rows]
+    lengths: dict[int, int] = {}
+    by_route: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_route.setdefault(row.route.name, []).append(i)
+    for members in by_route.values():  # one tokenizer call per task, not per row
+        task = rows[members[0]].route.task
+        found = task.lengths([rows[i].prepared for i in members], tokenizer)
+        lengths.update(zip(members, found, strict=True))
     order = sorted(range(len(rows)), key=lambda i: lengths[i])
     ordered = [rows[i] for i in order]
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), max(1, batch_size))]
