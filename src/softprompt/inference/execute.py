@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from softprompt.backbones.vision_base import move_batch
 from softprompt.data.records import TextExample, VisionExample
@@ -148,7 +149,12 @@ class _Row:
 
 @torch.no_grad()
 def answer(
-    backbone, tuners, plan: InferencePlan, requests: list[Request], batch_size: int = 8
+    backbone,
+    tuners,
+    plan: InferencePlan,
+    requests: list[Request],
+    batch_size: int = 8,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per request, in request order, answered in mixed batches.
 
@@ -162,14 +168,18 @@ def answer(
     rows = [_prepare(i, plan, r) for i, r in enumerate(requests)]
     if plan.members:
         return _answer_ensemble(backbone, tuners, plan, rows, batch_size)
+    batches = [
+        (key, chunk)
+        for key, group in _groups(rows).items()
+        for chunk in _chunks(group, batch_size, backbone.tokenizer)
+    ]
     out: dict[int, dict[str, Any]] = {}
-    for key, group in _groups(rows).items():
-        for chunk in _chunks(group, batch_size, backbone.tokenizer):
-            outputs = _score(backbone, tuners, chunk) if key[0] else _generate(
-                backbone, tuners, chunk, key[1]
-            )  # fmt: skip
-            for row, output in zip(chunk, outputs, strict=True):
-                out[row.index] = row.route.task.record(row.raw, output)
+    for key, chunk in tqdm(batches, desc="predict", disable=not progress, leave=False):
+        outputs = _score(backbone, tuners, chunk) if key[0] else _generate(
+            backbone, tuners, chunk, key[1]
+        )  # fmt: skip
+        for row, output in zip(chunk, outputs, strict=True):
+            out[row.index] = row.route.task.record(row.raw, output)
     return [_tagged(requests[i], out[i]) for i in range(len(requests))]
 
 

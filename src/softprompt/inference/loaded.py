@@ -192,10 +192,13 @@ class LoadedModel:
         plan = self.active_plan().only(None)
         return evaluate_plan(self.backbone, self.tuners, plan, examples, options)
 
-    def answer(self, requests: list[Request], batch_size: int = 8) -> list[dict[str, Any]]:
+    def answer(
+        self, requests: list[Request], batch_size: int = 8, progress: bool = False
+    ) -> list[dict[str, Any]]:
         """One record per request, rows of different prompts and tasks in mixed batches
         (see `softprompt.inference.execute.answer`); changes nothing shared."""
-        return answer(self.backbone, self.tuners, self.active_plan(), requests, batch_size)
+        plan = self.active_plan()
+        return answer(self.backbone, self.tuners, plan, requests, batch_size, progress)
 
     def predict(
         self,
@@ -220,7 +223,7 @@ class LoadedModel:
                 failed[index] = {"id": example.id, "image": path, "error": str(err)}
                 if tasks:
                     failed[index] = {"task": tasks[index], **failed[index]}
-        answered = iter(self.answer(requests, batch_size))  # unreadable inputs left out
+        answered = iter(self.answer(requests, batch_size, progress))  # unreadable inputs left out
         return [failed[i] if i in failed else next(answered) for i in range(len(examples))]
 
 
