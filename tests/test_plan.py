@@ -5,6 +5,7 @@ from several threads at once, without changing the model."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -70,6 +71,8 @@ def test_text_requests_of_three_prompts_in_one_batch_equal_each_alone(tiny_model
     assert_mixed_equals_alone(loaded, requests)
     records = loaded.answer(requests)
     assert [r["task"] for r in records] == [r.task for r in requests]
+    labelled = replace(requests[0].example, target="a reference")
+    assert "target" not in loaded.answer([Request(labelled, requests[0].task)])[0]
     assert [r["id"] for r in records] == [str(i) for i in range(len(requests))]
 
 

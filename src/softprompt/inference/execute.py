@@ -185,13 +185,14 @@ def answer(
 
 def _prepare(index: int, plan: InferencePlan, request: Request) -> _Row:
     route = plan.route(request.task)
-    # Labels play no part in an answer; a label outside the task's classes must not fail it.
+    # Labels play no part in an answer (and are not echoed in its record, as `predict`
+    # never did); a label outside the task's classes must not fail it.
     unlabelled = replace(request.example, target=None)
     if isinstance(unlabelled, VisionExample):
         unlabelled = replace(unlabelled, label=None)
     prepared = route.task.prepare([unlabelled])[0]
     budget = request.max_new_tokens or route.task.max_new_tokens
-    return _Row(index, route, request.example, prepared, budget)
+    return _Row(index, route, unlabelled, prepared, budget)
 
 
 def _tagged(request: Request, record: dict[str, Any]) -> dict[str, Any]:
