@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from softprompt.backbones.decoding import GREEDY, Decoding
+from softprompt.backbones.prompt_cache import PromptKVCache
 from softprompt.backbones.prompt_input import PromptInput
 from softprompt.registry import Registry
 
@@ -81,9 +83,20 @@ class FrozenModel(Protocol):
         ...
 
     def generate(
-        self, batch: dict[str, Any], prompt: PromptInput | None, max_new_tokens: int
+        self,
+        batch: dict[str, Any],
+        prompt: PromptInput | None,
+        max_new_tokens: int,
+        decoding: Decoding = GREEDY,
     ) -> list[str]:
-        """Greedy generation with the prompt in place; returns the new text only."""
+        """Generation with the prompt in place (greedy unless `decoding` samples);
+        returns the new text only."""
+        ...
+
+    @property
+    def prompt_cache(self) -> PromptKVCache | None:
+        """The prompt key/value cache generation reuses (None: the model has none,
+        e.g. seq2seq; see `softprompt.backbones.prompt_cache`)."""
         ...
 
 
@@ -191,6 +204,10 @@ class BackboneBase:
 
     def peft_model(self) -> nn.Module:
         return self.lm.model
+
+    @property
+    def prompt_cache(self) -> PromptKVCache | None:
+        return self.lm.prompt_kv
 
     def peft_base_name(self) -> str:
         return self.lm.name_or_path

@@ -34,6 +34,7 @@ from transformers import (
 from softprompt.backbones.base import BACKBONES, BackboneBase, EncodeSettings, freeze
 from softprompt.backbones.blip2_qformer import QFormerPrompt, query_prefix, vision_states
 from softprompt.backbones.causal_lm import CausalLMBackbone
+from softprompt.backbones.decoding import GREEDY, Decoding
 from softprompt.backbones.feature_cache import FeatureCache, namespace_key
 from softprompt.backbones.prompt_input import PromptInput
 from softprompt.backbones.seq2seq import Seq2SeqBackbone
@@ -278,21 +279,26 @@ class QueryTokenBackbone(BackboneBase):
 
     @torch.no_grad()
     def generate(
-        self, batch: dict[str, Any], prompt: PromptInput | None, max_new_tokens: int
+        self,
+        batch: dict[str, Any],
+        prompt: PromptInput | None,
+        max_new_tokens: int,
+        decoding: Decoding = GREEDY,
     ) -> list[str]:
-        """Greedy generation after `[image queries][text]` with the prompt in place.
+        """Generation after `[image queries][text]` with the prompt in place.
 
         Args:
             batch: from `collate(..., with_targets=False)` (left-padded for causal LMs).
             prompt: the batch's soft prompts, or None.
             max_new_tokens: generation budget.
+            decoding: sampling settings and a step watcher (greedy by default).
 
         Returns:
             The new text of each row, stripped.
         """
         prefix = self.image_prefix(batch)
         return self.lm.generate(
-            batch, prompt, max_new_tokens, prefix=prefix, prompt_position=self._position
+            batch, prompt, max_new_tokens, prefix, self._position, decoding
         )
 
     # ------------------------------------------------------------------ saving

@@ -21,6 +21,7 @@ from torch import nn
 
 from softprompt.backbones.base import BACKBONES, BackboneBase, EncodeSettings
 from softprompt.backbones.causal_lm import CausalLMBackbone
+from softprompt.backbones.decoding import GREEDY, Decoding
 from softprompt.backbones.embedded import (
     cache_dir,
     resolve_embedded,
@@ -248,11 +249,16 @@ class ComposedVLMBackbone(BackboneBase):
 
     @torch.no_grad()
     def generate(
-        self, batch: dict[str, Any], prompt: PromptInput | None, max_new_tokens: int
+        self,
+        batch: dict[str, Any],
+        prompt: PromptInput | None,
+        max_new_tokens: int,
+        decoding: Decoding = GREEDY,
     ) -> list[str]:
-        """Greedy continuations (new text only) of left-padded inputs."""
+        """Continuations (new text only) of left-padded inputs, greedy by default."""
         prefix = self.image_prefix(batch["image_paths"])
-        return self.lm.generate(batch, prompt, max_new_tokens, prefix, self._position(prefix))
+        position = self._position(prefix)
+        return self.lm.generate(batch, prompt, max_new_tokens, prefix, position, decoding)
 
     def state_for_save(self) -> dict[str, torch.Tensor]:
         """Projection weights as `projection.<name>` (saved even when frozen: its random

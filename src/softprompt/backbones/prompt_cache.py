@@ -150,6 +150,7 @@ class PromptKVCache:
         rest_embeds: torch.Tensor,
         rest_mask: torch.Tensor,
         config: GenerationConfig,
+        extra: dict | None = None,
     ) -> torch.Tensor | None:
         """Greedy ids (B, new_tokens) of `[prompt][rest]`, or None where reuse cannot hold.
 
@@ -158,7 +159,8 @@ class PromptKVCache:
             plan: from `plan`.
             rest_embeds: (B, T, D) what follows the prompt in each row, padding in front.
             rest_mask: (B, T) 1 at real positions.
-            config: greedy generation settings.
+            config: generation settings.
+            extra: more keyword arguments of `generate` (a stopping criteria list).
         """
         if rest_embeds.shape[1] == 0 or not bool(rest_mask[:, -1].all()):
             return None  # a row with nothing after the prompt has no token to continue from
@@ -177,6 +179,7 @@ class PromptKVCache:
             attention_mask=mask,
             past_key_values=cache,
             generation_config=config,
+            **(extra or {}),
         )
 
     def _lookup(

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from softprompt.backbones.base import BackboneBase, freeze
+from softprompt.backbones.decoding import GREEDY, Decoding
 from softprompt.backbones.prompt_cache import PromptKVCache
 from softprompt.backbones.prompt_input import PromptInput
 from softprompt.backbones.splice import assemble_inputs, prompt_groups
@@ -197,25 +198,27 @@ class TextBackboneBase(BackboneBase):
         max_new_tokens: int,
         prefix: torch.Tensor | None = None,
         prompt_position: int = 0,
+        decoding: Decoding = GREEDY,
     ) -> torch.Tensor:
-        """Greedy continuation ids (B, new_tokens) of left-padded inputs.
+        """Continuation ids (B, new_tokens) of left-padded inputs (greedy by default).
 
         A prompt leading every row starts generation from its cached keys and values
         (see `softprompt.backbones.prompt_cache`); the tokens are the same either way.
         """
         config = greedy_config(self.model, self.tokenizer, max_new_tokens)
+        extra = decoding.apply(config)
         reuse = None
         if self.prompt_kv is not None:
             dtype = self.model.get_input_embeddings().weight.dtype
             reuse = self.prompt_kv.plan(self.model, prompt, prompt_position, config, dtype)
         if reuse is not None:
             rest, rest_mask, _ = self._assemble(batch, None, prefix, 0, False)
-            ids = self.prompt_kv.generate(self.model, reuse, rest, rest_mask, config)
+            ids = self.prompt_kv.generate(self.model, reuse, rest, rest_mask, config, extra)
             if ids is not None:
                 return ids
         embeds, mask, _ = self._assemble(batch, prompt, prefix, prompt_position, False)
         return self.model.generate(
-            inputs_embeds=embeds, attention_mask=mask, generation_config=config
+            inputs_embeds=embeds, attention_mask=mask, generation_config=config, **extra
         )
 
     def generate(
@@ -225,7 +228,8 @@ class TextBackboneBase(BackboneBase):
         max_new_tokens: int,
         prefix: torch.Tensor | None = None,
         prompt_position: int = 0,
+        decoding: Decoding = GREEDY,
     ) -> list[str]:
-        """Greedy generation; returns the new text only."""
-        ids = self.generate_ids(batch, prompt, max_new_tokens, prefix, prompt_position)
+        """Generation (greedy by default); returns the new text only."""
+        ids = self.generate_ids(batch, prompt, max_new_tokens, prefix, prompt_position, decoding)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -19,6 +19,7 @@ from softprompt.commands import (
     inspect,
     predict,
     report,
+    serve,
     sweep,
     train,
 )
@@ -28,6 +29,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     train,
     evaluate,
     predict,
+    serve,
     export,
     compare,
     baseline,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from softprompt.backbones.decoding import GREEDY, Decoding
 from softprompt.backbones.vision_base import move_batch
 from softprompt.data.records import TextExample, VisionExample
 from softprompt.inference.ensemble import evaluate_ensemble
@@ -137,8 +138,9 @@ def _evaluate_members(backbone, tuners, plan, route: Route, examples, options):
 
 
 @dataclass(frozen=True)
-class _Row:
-    """One request on its way: where it goes in the output and its prepared input."""
+class Row:
+    """One request on its way: where it goes in the output and its prepared input
+    (the task's `prepare`d example: a template applied, a question formatted)."""
 
     index: int
     route: Route
@@ -165,7 +167,10 @@ def answer(
     Raises:
         ConfigError: a request names a task the plan does not have.
     """
-    rows = [_prepare(i, plan, r) for i, r in enumerate(requests)]
+    rows = [
+        prepare_row(i, plan.route(r.task), r.example, r.max_new_tokens)
+        for i, r in enumerate(requests)
+    ]
     if plan.members:
         return _answer_ensemble(backbone, tuners, plan, rows, batch_size)
     batches = [
@@ -175,7 +180,7 @@ def answer(
     ]
     out: dict[int, dict[str, Any]] = {}
     for key, chunk in tqdm(batches, desc="predict", disable=not progress, leave=False):
-        outputs = _score(backbone, tuners, chunk) if key[0] else _generate(
+        outputs = score_rows(backbone, tuners, chunk) if key[0] else generate_rows(
             backbone, tuners, chunk, key[1]
         )  # fmt: skip
         for row, output in zip(chunk, outputs, strict=True):
@@ -183,25 +188,25 @@ def answer(
     return [_tagged(requests[i], out[i]) for i in range(len(requests))]
 
 
-def _prepare(index: int, plan: InferencePlan, request: Request) -> _Row:
-    route = plan.route(request.task)
+def prepare_row(index: int, route: Route, example: Any, max_new_tokens: int | None = None) -> Row:
+    """A request's input prepared for `route`'s task (labels dropped), with its budget."""
     # Labels play no part in an answer (and are not echoed in its record, as `predict`
     # never did); a label outside the task's classes must not fail it.
-    unlabelled = replace(request.example, target=None)
+    unlabelled = replace(example, target=None)
     if isinstance(unlabelled, VisionExample):
         unlabelled = replace(unlabelled, label=None)
     prepared = route.task.prepare([unlabelled])[0]
-    budget = request.max_new_tokens or route.task.max_new_tokens
-    return _Row(index, route, unlabelled, prepared, budget)
+    budget = max_new_tokens or route.task.max_new_tokens
+    return Row(index, route, unlabelled, prepared, budget)
 
 
 def _tagged(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     return {"task": request.task, **record} if request.task else record
 
 
-def _groups(rows: list[_Row]) -> dict[tuple, list[_Row]]:
+def _groups(rows: list[Row]) -> dict[tuple, list[Row]]:
     """Rows that can share a batch: scored or generated, generation length, lengths."""
-    groups: dict[tuple, list[_Row]] = {}
+    groups: dict[tuple, list[Row]] = {}
     for row in rows:
         scored = row.route.task.options() is not None
         s = row.route.settings
@@ -210,7 +215,7 @@ def _groups(rows: list[_Row]) -> dict[tuple, list[_Row]]:
     return groups
 
 
-def _chunks(rows: list[_Row], batch_size: int, tokenizer) -> list[list[_Row]]:
+def _chunks(rows: list[Row], batch_size: int, tokenizer) -> list[list[Row]]:
     """Batches of rows sorted by length, so batches carry little padding."""
     lengths: dict[int, int] = {}
     by_route: dict[str, list[int]] = {}
@@ -229,7 +234,7 @@ def _device(backbone) -> torch.device:
     return next(backbone.model.parameters()).device
 
 
-def _score(backbone, tuners, chunk: list[_Row]) -> list[dict[str, Any]]:
+def score_rows(backbone, tuners, chunk: list[Row]) -> list[dict[str, Any]]:
     """Each row's options scored in one pass over every row's options (any prompts)."""
     options, prompt_ids, counts = [], [], []
     for row in chunk:
@@ -247,20 +252,22 @@ def _score(backbone, tuners, chunk: list[_Row]) -> list[dict[str, Any]]:
     return outputs
 
 
-def _generate(backbone, tuners, chunk: list[_Row], max_new_tokens: int) -> list[dict[str, Any]]:
-    """Greedy text of every row in one generation pass (any prompts)."""
+def generate_rows(
+    backbone, tuners, chunk: list[Row], max_new_tokens: int, decoding: Decoding = GREEDY
+) -> list[dict[str, Any]]:
+    """The text of every row in one generation pass (any prompts), greedy by default."""
     settings = chunk[0].route.settings
     batch = backbone.collate([r.prepared for r in chunk], settings, with_targets=False)
     batch = move_batch(batch, _device(backbone))
     prompts = rows_prompts(tuners, [r.route.prompt_id for r in chunk])
-    texts = backbone.generate(batch, prompts, max_new_tokens)
+    texts = backbone.generate(batch, prompts, max_new_tokens, decoding=decoding)
     return [{"prediction": t} for t in texts]
 
 
-def _answer_ensemble(backbone, tuners, plan, rows: list[_Row], batch_size: int) -> list:
+def _answer_ensemble(backbone, tuners, plan, rows: list[Row], batch_size: int) -> list:
     """An ensemble's records: members combined (by generation length, in input order)."""
     out: dict[int, dict[str, Any]] = {}
-    by_budget: dict[int, list[_Row]] = {}
+    by_budget: dict[int, list[Row]] = {}
     for row in rows:
         by_budget.setdefault(row.max_new_tokens, []).append(row)
     for budget, group in by_budget.items():

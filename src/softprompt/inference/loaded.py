@@ -101,21 +101,7 @@ class LoadedModel:
         """Rebuild the base model a bundle records (or `model`) and load its adapters."""
         bundle = read_bundle(directory)
         record = bundle.task
-        name = model or bundle.base_model
-        if name is None:
-            raise PromptLoadError(f"{directory} does not record its base model; pass --model")
-        vision = None
-        if "vision_task" in record:
-            try:
-                vision = VisionSettings(
-                    **{**record.get("vision", {}), "feature_cache": feature_cache}
-                )
-            except TypeError as err:
-                raise PromptLoadError(f"{directory}: damaged 'vision' record ({err})") from None
-        bits = record.get("quantization_bit")
-        backbone = load_backbone(
-            name, bundle.meta.get("family"), dtype, vision=vision, quantization_bit=bits
-        )
+        backbone = backbone_for_bundle(bundle, model, dtype, feature_cache)
         tuners = tuners_from_bundle(bundle, backbone)
         plan = plan_for(tuners, record, max_new_tokens)
         return cls(backbone, tuners, plan, torch.device(device) if device else default_device())
@@ -225,6 +211,31 @@ class LoadedModel:
                     failed[index] = {"task": tasks[index], **failed[index]}
         answered = iter(self.answer(requests, batch_size, progress))  # unreadable inputs left out
         return [failed[i] if i in failed else next(answered) for i in range(len(examples))]
+
+
+def backbone_for_bundle(
+    bundle: Bundle, model: str | None = None, dtype: str = "float32", feature_cache: str = "memory"
+) -> Backbone:
+    """The base model a bundle records (or `model`), built as it was trained (family,
+    image settings, quantization).
+
+    Raises:
+        PromptLoadError: no base model recorded and none given, or a damaged record.
+    """
+    record = bundle.task
+    name = model or bundle.base_model
+    if name is None:
+        raise PromptLoadError(f"{bundle.directory} does not record its base model; pass --model")
+    vision = None
+    if "vision_task" in record:
+        try:
+            vision = VisionSettings(**{**record.get("vision", {}), "feature_cache": feature_cache})
+        except TypeError as err:
+            raise PromptLoadError(f"{bundle.directory}: damaged 'vision' record ({err})") from None
+    bits = record.get("quantization_bit")
+    return load_backbone(
+        name, bundle.meta.get("family"), dtype, vision=vision, quantization_bit=bits
+    )
 
 
 def plan_for(
