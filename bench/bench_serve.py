@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
+
 MODEL = "embedded:smollm2-135m"
 VIRTUAL_TOKENS = 8
 LEVELS = (1, 4, 16)
@@ -346,9 +348,9 @@ def peft_model(backbone, names: list[str]):
     return model.eval()
 
 
-def peft_pass(model, tokenizer, names: list[str], clients: int, args) -> tuple[dict, dict]:
-    """16 threads, each taking the next request and answering it through one lock."""
-    order, take, lock, records = iter(range(args.requests)), threading.Lock(), threading.Lock(), []
+def peft_pass(model, tokenizer, names, clients: int, ks: range, args) -> tuple[dict, dict]:
+    """`clients` threads, each taking the next request and answering it through one lock."""
+    order, take, lock, records = iter(ks), threading.Lock(), threading.Lock(), []
     eos = tokenizer.eos_token_id
     start = time.perf_counter()
 
@@ -369,13 +371,16 @@ def peft_pass(model, tokenizer, names: list[str], clients: int, args) -> tuple[d
             records.append({"k": k, "latency": time.perf_counter() - sent, "tokens": len(new),
                             "text": text})  # fmt: skip
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    def run_all() -> None:
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    _, other = measured(run_all)
     stats = {"clients": clients, "prompts": len(names), "stream": False}
-    stats.update(summarise(records, time.perf_counter() - start))
+    stats.update(summarise(records, time.perf_counter() - start), background_cores=other)
     print(f"  PEFT, {clients} threads, one lock: {stats['requests_per_s']:.2f} req/s", flush=True)
     return stats, {r["k"]: r["text"] for r in records}
 
@@ -383,17 +388,17 @@ def peft_pass(model, tokenizer, names: list[str], clients: int, args) -> tuple[d
 # ----------------------------------------------------------------------------- memory
 
 
-def rss_only(root: str, max_tokens: int) -> None:
+def rss_only(root: str) -> None:
     """Prints the RSS (MiB) of this process serving the prompts under `root`: loaded,
-    then after one request to each."""
-    logging.getLogger("softprompt").setLevel(logging.WARNING)
+    then after one request (of one new token: the prompt's keys and values are kept at
+    its first step) to each."""
     server = load_server(Path(root))
     names = sorted(server.pool.prompts)
     gc.collect()
     loaded = psutil.Process().memory_info().rss / 2**20
     with serving(server) as url, httpx.Client(base_url=url, timeout=60) as http:
         for k, name in enumerate(names):
-            body = request_body(k, [name], max_tokens, stream=False)
+            body = request_body(k, [name], 1, stream=False)
             http.post("/v1/completions", json=body).raise_for_status()
     gc.collect()
     served = psutil.Process().memory_info().rss / 2**20
@@ -404,7 +409,7 @@ def measure_rss(backbone, count: int, max_tokens: int) -> dict:
     """`rss_only` in a fresh process, of `count` prompts written here."""
     with tempfile.TemporaryDirectory() as tmp:
         write_prompts(Path(tmp), backbone, count, max_tokens)
-        command = [sys.executable, __file__, "--rss-only", tmp, "--max-tokens", str(max_tokens)]
+        command = [sys.executable, __file__, "--rss-only", tmp]
         done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -414,23 +419,25 @@ def measure_rss(backbone, count: int, max_tokens: int) -> dict:
 
 def table_row(label: str, plain: dict, streamed: dict | None) -> str:
     streamed = streamed or {}
+    tokens = f"{plain['tokens_per_s']:.1f}" if "tokens_per_s" in plain else "-"
 
     def ms(stats: dict, key: str) -> str:
         return f"{stats[key]:.0f}" if stats.get(key) is not None else "-"
 
     return (
         f"| {label} | {plain['prompts']} | {plain['clients']} | {plain['requests']} | "
-        f"{plain['requests_per_s']:.2f} | {plain.get('tokens_per_s', 0):.1f} | "
+        f"{plain['requests_per_s']:.2f} | {tokens} | "
         f"{ms(plain, 'latency_p50_ms')} | {ms(plain, 'latency_p99_ms')} | "
-        f"{ms(streamed, 'ttft_p50_ms')} | {ms(streamed, 'ttft_p99_ms')} |"
+        f"{ms(streamed, 'ttft_p50_ms')} | {ms(streamed, 'ttft_p99_ms')} | "
+        f"{plain['background_cores']:.2f} |"
     )
 
 
 def report(result: dict) -> str:
     lines = [
         "| engine | prompts | clients | requests | req/s | tokens/s | p50 ms | p99 ms | "
-        "p50 TTFT ms | p99 TTFT ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "p50 TTFT ms | p99 TTFT ms | other processes (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level in result["server"]["levels"].values():
         lines.append(table_row("server", level["plain"], level["streamed"]))
@@ -488,8 +495,10 @@ def benchmark(args) -> dict:
     del server
     gc.collect()
     model = peft_model(backbone, names)
-    peft_pass(model, backbone.tokenizer, names, LEVELS[-1], args)  # warm-up
-    peft, peft_texts = peft_pass(model, backbone.tokenizer, names, LEVELS[-1], args)
+    peft_pass(model, backbone.tokenizer, names, LEVELS[-1], range(len(names)), args)  # warm-up
+    peft, peft_texts = peft_pass(
+        model, backbone.tokenizer, names, LEVELS[-1], range(args.requests), args
+    )
     return {
         "server": result,
         "peft": peft,
@@ -516,12 +525,23 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def quiet() -> None:
+    """No progress bars, and none of the libraries' deprecation notes, in the report."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("softprompt").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Position ids are not supported")
+
+
 def main() -> None:
     args = parse_args()
+    quiet()
     if args.rss_only is not None:
-        rss_only(args.rss_only, args.max_tokens)
+        rss_only(args.rss_only)
         return
-    logging.getLogger("softprompt").setLevel(logging.WARNING)
     torch.manual_seed(0)
     result = benchmark(args)
     text = report(result)

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from serve_helpers import get_json, post_json, serving, start_server, write_bank, write_prompt
+
 from softprompt.backbones.loading import load_backbone
 from softprompt.backbones.vision_base import VisionSettings
 from softprompt.commands.cli import main
@@ -232,6 +232,7 @@ def vision_prompt(root: Path, backbone, task: VisionTask, vision: dict) -> Path:
     directory = write_prompt(root / task.type, backbone, 3, 5, record)
     if extras:  # a composed model's projection rides with its prompt, as training saves it
         from serve_helpers import context, random_prompt
+
         from softprompt.tuners.prompt_tuning.tuner import PromptTuner
 
         tuner = PromptTuner.from_weight(random_prompt(backbone, 3, 5))

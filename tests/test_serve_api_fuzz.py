@@ -27,6 +27,7 @@ from write_openapi import DOCUMENT, openapi_document, render  # noqa: E402
 NAMED_BODIES = ("CompletionRequest", "ChatRequest", "PredictRequest")
 SERVED = ["bank/long", "bank/short", "summary"]
 import os
+
 EXAMPLES_PER_OPERATION = int(os.environ.get("FZ_N", 25))
 
 
@@ -40,6 +41,10 @@ def test_openapi_document_is_current():
 def served(tiny_models, tmp_path_factory):
     """The base URL of a server of a prompt and a two-task bank (`SERVED`) on the tiny
     Llama, on 127.0.0.1."""
+    if os.environ.get("FZ_FIX"):
+        from softprompt.backbones.decoding import Decoding
+
+        Decoding.samples = property(lambda s: s.temperature >= 1e-5)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("fuzz-prompts")
@@ -79,6 +84,7 @@ def openai_error_shape(ctx, response, case) -> bool | None:
 
 schema = schemathesis.openapi.from_dict(fuzz_document(SERVED))
 schema.config.update(request_timeout=60)
+schema.config.output.sanitization.update(enabled=False)
 
 
 @schema.parametrize()
@@ -96,4 +102,6 @@ def test_generated_requests_get_no_server_error(case, served):
     except Exception:
         code = "-"
     with open("/tmp/fz/tally.txt", "a") as f:
-        f.write(f"{case.method} {case.path} {r.status_code} {code} {len(r.request.body or b'')} {r.elapsed:.3f}\n")
+        f.write(
+            f"{case.method} {case.path} {r.status_code} {code} {len(r.request.body or b'')} {r.elapsed:.3f}\n"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 logger = logging.getLogger("softprompt.serve")
@@ -68,6 +69,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         create_app(server), host=args.host, port=args.port, log_level="warning",
         timeout_graceful_shutdown=60,
     )  # fmt: skip
+    # After draining, uvicorn raises the signal again with the handler that was there
+    # before it: for SIGTERM a no-op, so a drained stop exits 0 (SIGINT keeps its default).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(config).run()
     print("server stopped", file=sys.stderr)
     return 0
