@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_predict.py
 	$(PY) bench/bench_generate_reuse.py
 	$(PY) bench/bench_bank.py
+	$(PY) bench/bench_serve.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo tools

@@ -158,20 +158,26 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_metrics_count_requests_latency_and_prompt_cache(text_server):
-    _, url, _ = text_server
-    client(url).completions.create(model="qa", prompt="x", max_tokens=2)
+    server, url, _ = text_server
+    for _ in range(2):  # the second request starts from the prompt's cached keys and values
+        client(url).completions.create(model="qa", prompt="x", max_tokens=2)
     post_json(url, "/v1/completions", {"model": "nope", "prompt": "x"})
     text = httpx.get(f"{url}/metrics").text
-    assert _metric(text, 'softprompt_requests_total{prompt="qa",status="200"}') >= 1
+    assert _metric(text, 'softprompt_requests_total{prompt="qa",status="200"}') >= 2
     assert _metric(text, 'softprompt_requests_total{prompt="nope",status="404"}') >= 1
-    assert _metric(text, 'softprompt_request_latency_seconds_count{endpoint="completions"}') >= 1
+    assert _metric(text, 'softprompt_request_latency_seconds_count{endpoint="completions"}') >= 2
     assert (
-        _metric(text, 'softprompt_time_to_first_token_seconds_count{endpoint="completions"}') >= 1
+        _metric(text, 'softprompt_time_to_first_token_seconds_count{endpoint="completions"}') >= 2
     )
     assert "softprompt_queue_depth " in text
     hits = _metric(text, "softprompt_prompt_cache_hits_total")
     misses = _metric(text, "softprompt_prompt_cache_misses_total")
-    assert hits + misses >= 0
+    if (
+        server.backbone.prompt_cache is None
+    ):  # seq2seq: the encoder reads the prompt and text together
+        assert hits == misses == 0
+    else:
+        assert hits >= 1 and misses >= 1
     status, health = get_json(url, "/health")
     assert status == 200 and health["status"] == "ok" and health["prompts"] == 5
 

@@ -73,19 +73,25 @@ class RowWatcher(StoppingCriteria):
             row.finish = "stop"
         else:
             row.ids.append(token)
-            row.text = self.tokenizer.decode(row.ids, skip_special_tokens=True).lstrip()
             if len(row.ids) >= row.budget:
                 row.finish = "length"
+        # Decoding every step is only needed to stream or to look for stop strings.
+        if row.on_text is not None or row.stops or row.finish is not None:
+            self._decode(row)
+            self._send(row)
+
+    def _decode(self, row: RowState) -> None:
+        row.text = self.tokenizer.decode(row.ids, skip_special_tokens=True).lstrip()
         cut = first_stop(row.text, row.stops)
         if cut is not None:
             row.text, row.finish = row.text[:cut], "stop"
-        self._send(row)
 
     def finish_all(self) -> None:
         """Rows still running when `generate` returned (its own budget or EOS check)."""
         for row in self.rows:
             if row.finish is None:
                 row.finish = "length" if len(row.ids) >= row.budget else "stop"
+                self._decode(row)
             self._send(row)
 
     @staticmethod
