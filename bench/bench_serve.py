@@ -70,34 +70,18 @@ LEVELS = (1, 4, 16)
 TTFT_ROUNDS = 4
 MAX_BATCH, MAX_WAIT_MS = 16, 10
 PROMPT_TEXTS = (
-    "Summarise:",
-    "Translate to French:",
-    "Answer the question:",
-    "Fix the grammar:",
-    "Write a title for:",
-    "Classify the sentiment of:",
-    "Explain simply:",
-    "List the keywords of:",
-)
+    "Summarise:|Translate to French:|Answer the question:|Fix the grammar:|Write a title for:|"
+    "Classify the sentiment of:|Explain simply:|List the keywords of:"
+).split("|")
 INPUTS = (
-    "The cat sat on the mat.",
-    "Paris is the capital of France.",
-    "How many legs does a spider have?",
-    "Rain fell all day in the valley.",
-    "The meeting moved to Tuesday.",
-    "She bought three apples and a pear.",
-    "Water boils at one hundred degrees.",
-    "Why is the sky blue?",
-    "The train was late again this morning.",
-    "He plays the violin every evening.",
-    "Our team won the final match.",
-    "The library opens at nine.",
-)
+    "The cat sat on the mat.|Paris is the capital of France.|How many legs does a spider have?|"
+    "Rain fell all day in the valley.|The meeting moved to Tuesday.|Why is the sky blue?|"
+    "She bought three apples and a pear.|Water boils at one hundred degrees.|"
+    "The train was late again this morning.|He plays the violin every evening.|"
+    "Our team won the final match.|The library opens at nine."
+).split("|")
 DEFAULTS = {"requests": 96, "max_tokens": 16, "time_cap": 120.0, "rss_prompts": 100}
-QUICK = {"requests": 16, "max_tokens": 4, "time_cap": 30.0, "rss_prompts": 100}
-
-
-# ----------------------------------------------------------------------------- prompts
+QUICK = {"requests": 16, "max_tokens": 4, "time_cap": 30.0, "rss_prompts": 20}
 
 
 def prompt_vectors(backbone, index: int) -> torch.Tensor:
@@ -113,8 +97,9 @@ def prompt_vectors(backbone, index: int) -> torch.Tensor:
     return backbone.word_embeddings().detach()[ids].clone().float()
 
 
-def write_prompt(directory: Path, backbone, vectors: torch.Tensor, max_new_tokens: int) -> None:
-    """A prompt directory as a prompt-tuning run saves it (text2text, template `{input}`)."""
+def write_prompts(root: Path, backbone, count: int, max_new_tokens: int) -> list[str]:
+    """`count` prompt directories `p000`, `p001`, ... under `root`, as a prompt-tuning run
+    saves them (text2text, template `{input}`); returns their served names."""
     context = {
         "family": backbone.family,
         "base_model": backbone.name_or_path,
@@ -123,18 +108,10 @@ def write_prompt(directory: Path, backbone, vectors: torch.Tensor, max_new_token
         "placement": "prepend",
         "extra": None,
     }
-    PromptTuner.from_weight(vectors).save(directory, context)
-
-
-def write_prompts(root: Path, backbone, count: int, max_new_tokens: int) -> list[str]:
-    """`count` prompts `p000`, `p001`, ... under `root`; returns their served names."""
     names = [f"p{i:03d}" for i in range(count)]
     for i, name in enumerate(names):
-        write_prompt(root / name, backbone, prompt_vectors(backbone, i), max_new_tokens)
+        PromptTuner.from_weight(prompt_vectors(backbone, i)).save(root / name, context)
     return names
-
-
-# ----------------------------------------------------------------------------- server
 
 
 def free_port() -> int:
@@ -169,18 +146,10 @@ def load_server(root: Path) -> PromptServer:
     return PromptServer.load(options)
 
 
-# ----------------------------------------------------------------------------- clients
-
-
 def request_body(k: int, names: list[str], max_tokens: int, stream: bool) -> dict:
     """Request k of a pass: prompt k % len(names), input k % len(INPUTS)."""
-    return {
-        "model": names[k % len(names)],
-        "prompt": INPUTS[k % len(INPUTS)],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": stream,
-    }
+    prompt, text = names[k % len(names)], INPUTS[k % len(INPUTS)]
+    return dict(model=prompt, prompt=text, max_tokens=max_tokens, temperature=0, stream=stream)
 
 
 async def send_plain(http: httpx.AsyncClient, body: dict) -> dict:
@@ -196,10 +165,8 @@ async def send_streamed(http: httpx.AsyncClient, body: dict, start: float) -> di
     async with http.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if not line.startswith("data: "):
+            if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            if line == "data: [DONE]":
-                break
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(chunk["error"]["message"])
@@ -246,8 +213,8 @@ def percentile(values: list[float], q: float) -> float:
 def summarise(records: list[dict], wall: float) -> dict:
     latencies = [r["latency"] for r in records]
     stats = {"requests": len(records), "seconds": wall, "requests_per_s": len(records) / wall}
-    stats.update(latency_p50_ms=1000 * percentile(latencies, 0.5))
-    stats.update(latency_p99_ms=1000 * percentile(latencies, 0.99))
+    stats.update(latency_p50_ms=1000 * percentile(latencies, 0.5),
+                 latency_p99_ms=1000 * percentile(latencies, 0.99))  # fmt: skip
     if "tokens" in records[0]:
         stats["tokens_per_s"] = sum(r["tokens"] for r in records) / wall
         stats["tokens_per_request"] = sum(r["tokens"] for r in records) / len(records)
@@ -281,9 +248,6 @@ def run_pass(url, names, clients: int, ks: range, args, stream: bool,
     return stats, records
 
 
-# ----------------------------------------------------------------------------- passes
-
-
 def server_passes(server: PromptServer, url: str, names: list[str], args) -> dict:
     """Every level (plain and streamed), one prompt at 16 clients, TTFT with and without
     the prompt cache."""
@@ -308,8 +272,7 @@ def ttft_with_and_without_cache(server: PromptServer, url: str, names, args) -> 
     TTFT_ROUNDS rounds; re-enabled, it is refilled first (1 token per prompt, untimed)."""
     cache = server.backbone.prompt_cache
     share = max(2, args.requests // (4 * TTFT_ROUNDS))
-    records: dict[str, list] = {"on": [], "off": []}
-    seconds, busy = {"on": 0.0, "off": 0.0}, {"on": 0.0, "off": 0.0}
+    records, seconds, busy = {"on": [], "off": []}, {"on": 0.0, "off": 0.0}, {"on": 0.0, "off": 0.0}
     for r in range(TTFT_ROUNDS):
         for way in ("off", "on") if r % 2 == 0 else ("on", "off"):
             cache.enabled = way == "on"
@@ -371,21 +334,12 @@ def peft_pass(model, tokenizer, names, clients: int, ks: range, args) -> tuple[d
             records.append({"k": k, "latency": time.perf_counter() - sent, "tokens": len(new),
                             "text": text})  # fmt: skip
 
-    def run_all() -> None:
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    _, other = measured(run_all)
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    _, other = measured(lambda: [[t.start() for t in threads], [t.join() for t in threads]])
     stats = {"clients": clients, "prompts": len(names), "stream": False}
     stats.update(summarise(records, time.perf_counter() - start), background_cores=other)
     print(f"  PEFT, {clients} threads, one lock: {stats['requests_per_s']:.2f} req/s", flush=True)
     return stats, {r["k"]: r["text"] for r in records}
-
-
-# ----------------------------------------------------------------------------- memory
 
 
 def rss_only(root: str) -> None:
@@ -414,23 +368,16 @@ def measure_rss(backbone, count: int, max_tokens: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# ----------------------------------------------------------------------------- report
+def table_row(label: str, plain: dict, streamed: dict | None = None) -> str:
+    def cell(stats: dict, key: str, form: str) -> str:
+        return format(stats[key], form) if stats.get(key) is not None else "-"
 
-
-def table_row(label: str, plain: dict, streamed: dict | None) -> str:
-    streamed = streamed or {}
-    tokens = f"{plain['tokens_per_s']:.1f}" if "tokens_per_s" in plain else "-"
-
-    def ms(stats: dict, key: str) -> str:
-        return f"{stats[key]:.0f}" if stats.get(key) is not None else "-"
-
-    return (
-        f"| {label} | {plain['prompts']} | {plain['clients']} | {plain['requests']} | "
-        f"{plain['requests_per_s']:.2f} | {tokens} | "
-        f"{ms(plain, 'latency_p50_ms')} | {ms(plain, 'latency_p99_ms')} | "
-        f"{ms(streamed, 'ttft_p50_ms')} | {ms(streamed, 'ttft_p99_ms')} | "
-        f"{plain['background_cores']:.2f} |"
-    )
+    keys = [("requests_per_s", ".2f"), ("tokens_per_s", ".1f"), ("latency_p50_ms", ".0f"),
+            ("latency_p99_ms", ".0f")]  # fmt: skip
+    cells = [label, str(plain["prompts"]), str(plain["clients"]), str(plain["requests"])]
+    cells += [cell(plain, key, form) for key, form in keys]
+    cells += [cell(streamed or {}, key, ".0f") for key in ("ttft_p50_ms", "ttft_p99_ms")]
+    return "| " + " | ".join([*cells, cell(plain, "background_cores", ".2f")]) + " |"
 
 
 def report(result: dict) -> str:
@@ -439,12 +386,12 @@ def report(result: dict) -> str:
         "p50 TTFT ms | p99 TTFT ms | other processes (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for level in result["server"]["levels"].values():
-        lines.append(table_row("server", level["plain"], level["streamed"]))
-    lines.append(table_row("server, one prompt", result["server"]["one_prompt"], None))
-    lines.append(table_row("PEFT, one lock", result["peft"], None))
+    served = result["server"]
+    lines += [table_row("server", x["plain"], x["streamed"]) for x in served["levels"].values()]
+    lines.append(table_row("server, one prompt", served["one_prompt"]))
+    lines.append(table_row("PEFT, one lock", result["peft"]))
     for way in ("on", "off"):
-        ttft = result["server"][f"ttft_cache_{way}"]
+        ttft = served[f"ttft_cache_{way}"]
         lines.append(table_row(f"server, stream, prompt cache {way}", ttft, ttft))
     r, mem = result["ratios"], result["memory"]
     lines += [
@@ -495,17 +442,11 @@ def benchmark(args) -> dict:
     del server
     gc.collect()
     model = peft_model(backbone, names)
-    peft_pass(model, backbone.tokenizer, names, LEVELS[-1], range(len(names)), args)  # warm-up
-    peft, peft_texts = peft_pass(
-        model, backbone.tokenizer, names, LEVELS[-1], range(args.requests), args
-    )
-    return {
-        "server": result,
-        "peft": peft,
-        "memory": memory,
-        "same_text_as_peft": same_texts(texts, peft_texts),
-        "ratios": ratios(result, peft, memory),
-    }
+    for ks in (range(len(names)), range(args.requests)):  # a warm-up, then the timed pass
+        peft, peft_texts = peft_pass(model, backbone.tokenizer, names, LEVELS[-1], ks, args)
+    same = same_texts(texts, peft_texts)
+    return {"server": result, "peft": peft, "memory": memory, "same_text_as_peft": same,
+            "ratios": ratios(result, peft, memory)}  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -517,8 +458,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     parser.add_argument("--rss-only", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    chosen = {k: getattr(args, k) for k in DEFAULTS}
-    args.custom = any(v is not None for v in chosen.values())
+    args.custom = any(getattr(args, k) is not None for k in DEFAULTS)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -549,17 +489,10 @@ def main() -> None:
     name = "serve_custom" if args.custom else "serve_quick" if args.quick else "serve"
     out = HERE / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "model": MODEL,
-        "threads": torch.get_num_threads(),
-        "virtual_tokens": VIRTUAL_TOKENS,
-        "max_batch_size": MAX_BATCH,
-        "max_wait_ms": MAX_WAIT_MS,
-        "requests": args.requests,
-        "max_tokens": args.max_tokens,
-        "time_cap_s": args.time_cap,
-        "torch": torch.__version__,
-    }
+    settings = {"model": MODEL, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "virtual_tokens": VIRTUAL_TOKENS, "max_batch_size": MAX_BATCH,
+                "max_wait_ms": MAX_WAIT_MS, "requests": args.requests,
+                "max_tokens": args.max_tokens, "time_cap_s": args.time_cap}  # fmt: skip
     out.write_text(json.dumps({"settings": settings, **result, "table": text}, indent=2))
     print(f"wrote {out}")
 

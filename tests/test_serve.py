@@ -285,6 +285,7 @@ def test_an_image_prompt_answers_a_data_uri(
         status, records = post_json(url, "/v1/predict", body)
         assert status == 200 and set(records[0]["probabilities"]) == {"red", "blue"}
         assert records[0]["prediction"] in {"red", "blue"}
+        assert records[0]["image"].startswith("sha256:")  # not the server's own path
 
 
 def cli_predict_image(prompt_dir: Path, image: Path, tmp_path: Path) -> dict:

@@ -297,9 +297,7 @@ class QueryTokenBackbone(BackboneBase):
             The new text of each row, stripped.
         """
         prefix = self.image_prefix(batch)
-        return self.lm.generate(
-            batch, prompt, max_new_tokens, prefix, self._position, decoding
-        )
+        return self.lm.generate(batch, prompt, max_new_tokens, prefix, self._position, decoding)
 
     # ------------------------------------------------------------------ saving
 

@@ -13,13 +13,17 @@ from dataclasses import dataclass
 
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+# Colder than this, logits / temperature overflow float32 (NaN probabilities); sampling
+# that cold is greedy decoding in the limit, so it decodes greedily.
+MIN_SAMPLING_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class Decoding:
     """Sampling settings and a per-step watcher for one `generate` call.
 
     Attributes:
-        temperature: 0 decodes greedily; above 0 samples at this temperature.
+        temperature: below `MIN_SAMPLING_TEMPERATURE` (0) decodes greedily; above, samples.
         top_p: nucleus sampling mass (1.0: the whole distribution); sampling only.
         watcher: called after every step with the ids so far; returns each row's
             "done" flag (see `transformers.StoppingCriteria`). None: no watcher.
@@ -31,7 +35,7 @@ class Decoding:
 
     @property
     def samples(self) -> bool:
-        return self.temperature > 0
+        return self.temperature >= MIN_SAMPLING_TEMPERATURE
 
     def apply(self, config: GenerationConfig) -> dict:
         """Set the sampling fields of a greedy `config`; returns `generate`'s extra kwargs."""

@@ -208,7 +208,8 @@ class TextBackboneBase(BackboneBase):
         config = greedy_config(self.model, self.tokenizer, max_new_tokens)
         extra = decoding.apply(config)
         reuse = None
-        if self.prompt_kv is not None:
+        # Reuse continues from the row's last token: a batch of empty inputs has none.
+        if self.prompt_kv is not None and batch["input_ids"].shape[1] > 0:
             dtype = self.model.get_input_embeddings().weight.dtype
             reuse = self.prompt_kv.plan(self.model, prompt, prompt_position, config, dtype)
         if reuse is not None:

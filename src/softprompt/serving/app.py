@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -120,9 +121,11 @@ def _add_routes(app: FastAPI, server: PromptServer) -> None:
         answers = await run_jobs(server, jobs)
         _observe(server, "predict", started, answers)
         records = [a.record for a in answers]
-        if prompt.task_type == "text2text":  # as `predict --text` writes them
-            for record, item in zip(records, body.inputs, strict=True):
+        for record, item in zip(records, body.inputs, strict=True):
+            if prompt.task_type == "text2text":  # as `predict --text` writes them
                 record["input"] = item.text
+            elif "image" in record:  # the image by content, never the server's own path
+                record["image"] = f"sha256:{Path(record['image']).name}"
         return records
 
 

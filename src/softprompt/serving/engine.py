@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from softprompt.backbones.decoding import Decoding
+from softprompt.errors import UserError
 from softprompt.inference.execute import Row, generate_rows, prepare_row, score_rows
 from softprompt.serving.pool import ServedPrompt
 from softprompt.serving.rows import OnText, RowState, RowWatcher, final_text
@@ -174,7 +175,25 @@ class Engine:
             self._answer_group(group, jobs)
 
     def _row(self, index: int, job: Job) -> Row:
-        return prepare_row(index, job.prompt.route, job.example, job.max_new_tokens)
+        """The job's prepared row, its budget within the positions the model has left.
+
+        Raises:
+            UserError: the prompt and the input alone fill the model's positions.
+        """
+        row = prepare_row(index, job.prompt.route, job.example, job.max_new_tokens)
+        if self.positions is None or row.route.task.options() is not None:
+            return row
+        tokens = row.route.task.lengths([row.prepared], self.backbone.tokenizer)[0]
+        used = job.prompt.virtual_tokens + min(tokens, row.route.settings.max_input_length)
+        if row.route.task.type != "text2text":
+            used += IMAGE_TOKENS
+        if used >= self.positions:
+            raise UserError(
+                f"the input ({tokens} tokens) and the prompt ({job.prompt.virtual_tokens}) fill "
+                f"the model's {self.positions} positions; send a shorter input"
+            )
+        # Learned position embeddings end: generating past them fails.
+        return replace(row, max_new_tokens=min(row.max_new_tokens, self.positions - used))
 
     def _groups(self, rows: list[Row], jobs: list[Job]) -> list[list[Row]]:
         """Rows that share one pass: scored together, greedy by lengths, sampled alone."""
@@ -184,7 +203,7 @@ class Engine:
             s = row.route.settings
             if row.route.task.options() is not None:
                 key: tuple = ("scored", s.max_input_length, s.max_target_length)
-            elif job.temperature > 0:
+            elif Decoding(job.temperature).samples:
                 key = ("sampled", row.index)
             else:
                 key = ("greedy", s.max_input_length, job.prompt.virtual_tokens)
@@ -231,16 +250,6 @@ class Engine:
             _generated_answer(r, job, state, n)
             for r, job, state, n in zip(rows, own, states, lengths, strict=True)
         ]
-
-    def _within_positions(self, row: Row, job: Job, input_tokens: int) -> Row:
-        """The row's budget cut to the positions its model has left (learned position
-        embeddings end; generating past them fails)."""
-        if self.positions is None:
-            return row
-        used = job.prompt.virtual_tokens + min(input_tokens, row.route.settings.max_input_length)
-        if row.route.task.type != "text2text":
-            used += IMAGE_TOKENS
-        return replace(row, max_new_tokens=max(1, min(row.max_new_tokens, self.positions - used)))
 
 
 def position_limit(backbone: Any) -> int | None:

@@ -54,7 +54,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException):
-        return error_response(err.status_code, str(err.detail), None, getattr(err, "headers", None))
+        code = "invalid_body" if err.status_code == 400 else None
+        return error_response(err.status_code, str(err.detail), code, getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception):
