@@ -249,3 +249,11 @@ def _wait_healthy(url: str, process: subprocess.Popen) -> None:
         except httpx.TransportError:
             time.sleep(0.2)
     raise AssertionError("the server did not start in 120 s")
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error(prompts_root, port, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "--prompts-dir", str(prompts_root), "--port", port])
+    assert stop.value.code == 2
+    assert "not a port number" in capsys.readouterr().err

@@ -52,3 +52,14 @@ def adapter_switches(values: list[str] | None) -> dict[str, bool]:
             raise ConfigError(f"--adapter {value!r}: expected NAME=on or NAME=off")
         states[name.strip()] = state.lower() in ("on", "true", "1")
     return states
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: pick one in 1-65535")
+    return port

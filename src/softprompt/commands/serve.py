@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 
+from softprompt.commands.common import port_number
+
 logger = logging.getLogger("softprompt.serve")
 
 
@@ -20,7 +22,7 @@ def add_command(sub) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (other than loopback needs --api-key)"
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--max-batch-size", type=int, default=16, help="inputs answered together")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="wait for more inputs this long")
     p.add_argument("--max-queue", type=int, default=256, help="inputs waiting (503 beyond)")

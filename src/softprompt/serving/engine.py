@@ -165,25 +165,27 @@ class Engine:
 
     def run(self, jobs: list[Job]) -> None:
         """Answer `jobs` (any prompts, tasks and budgets); each gets `deliver` called."""
-        rows = []
+        rows, tokens = [], {}
         for index, job in enumerate(jobs):
             try:
-                rows.append(self._row(index, job))
+                row, tokens[index] = self._row(index, job)
+                rows.append(row)
             except Exception as err:  # a bad input fails its own job only
                 job.deliver(err)
         for group in self._groups(rows, jobs):
-            self._answer_group(group, jobs)
+            self._answer_group(group, jobs, tokens)
 
-    def _row(self, index: int, job: Job) -> Row:
-        """The job's prepared row, its budget within the positions the model has left.
+    def _row(self, index: int, job: Job) -> tuple[Row, int]:
+        """The job's prepared row, its budget within the positions the model has left, and
+        its input's length in tokens.
 
         Raises:
             UserError: the prompt and the input alone fill the model's positions.
         """
         row = prepare_row(index, job.prompt.route, job.example, job.max_new_tokens)
-        if self.positions is None or row.route.task.options() is not None:
-            return row
         tokens = row.route.task.lengths([row.prepared], self.backbone.tokenizer)[0]
+        if self.positions is None or row.route.task.options() is not None:
+            return row, tokens
         used = job.prompt.virtual_tokens + min(tokens, row.route.settings.max_input_length)
         if row.route.task.type != "text2text":
             used += IMAGE_TOKENS
@@ -193,7 +195,7 @@ class Engine:
                 f"the model's {self.positions} positions; send a shorter input"
             )
         # Learned position embeddings end: generating past them fails.
-        return replace(row, max_new_tokens=min(row.max_new_tokens, self.positions - used))
+        return replace(row, max_new_tokens=min(row.max_new_tokens, self.positions - used)), tokens
 
     def _groups(self, rows: list[Row], jobs: list[Job]) -> list[list[Row]]:
         """Rows that share one pass: scored together, greedy by lengths, sampled alone."""
@@ -210,24 +212,23 @@ class Engine:
             groups.setdefault(key, []).append(row)
         return list(groups.values())
 
-    def _answer_group(self, rows: list[Row], jobs: list[Job]) -> None:
+    def _answer_group(self, rows: list[Row], jobs: list[Job], tokens: dict[int, int]) -> None:
         try:
-            answers = self._answer_rows(rows, jobs)
+            answers = self._answer_rows(rows, jobs, [tokens[r.index] for r in rows])
         except Exception as err:
             if len(rows) == 1:
                 logger.warning("request failed: %s", err)
                 jobs[rows[0].index].deliver(err)
                 return
             for row in rows:  # find the row that fails; the others are answered
-                self._answer_group([row], jobs)
+                self._answer_group([row], jobs, tokens)
             return
         for row, answer in zip(rows, answers, strict=True):
             jobs[row.index].deliver(answer)
 
-    def _answer_rows(self, rows: list[Row], jobs: list[Job]) -> list[Answer]:
+    def _answer_rows(self, rows: list[Row], jobs: list[Job], lengths: list[int]) -> list[Answer]:
         own = [jobs[r.index] for r in rows]
         tuners, rows = _batch_prompts(rows, own)
-        lengths = rows[0].route.task.lengths([r.prepared for r in rows], self.backbone.tokenizer)
         if rows[0].route.task.options() is not None:
             outputs = score_rows(self.backbone, tuners, rows)
             done = time.monotonic()

@@ -16,7 +16,7 @@ from softprompt.serving.engine import Answer, Job, QueueFull
 from softprompt.serving.errors import ApiError
 from softprompt.serving.images import BadImage, decode_data
 from softprompt.serving.pool import ServedPrompt
-from softprompt.serving.schemas import ChatRequest, Sampling
+from softprompt.serving.schemas import ChatRequest, ImagePart, Sampling
 from softprompt.serving.server import PromptServer
 
 
@@ -70,8 +70,8 @@ def chat_input(server: PromptServer, prompt: ServedPrompt, body: ChatRequest) ->
         raise ApiError(400, "messages: no user message", "invalid_messages")
     content = users[-1].content
     parts = [content] if isinstance(content, str) else list(content or [])
-    texts = [p if isinstance(p, str) else p.text for p in parts if not hasattr(p, "image_url")]
-    images = [p.image_url.url for p in parts if hasattr(p, "image_url")]
+    texts = [p if isinstance(p, str) else p.text for p in parts if not isinstance(p, ImagePart)]
+    images = [p.image_url.url for p in parts if isinstance(p, ImagePart)]
     text = "\n".join(texts)
     if not is_vision(prompt):
         if images:

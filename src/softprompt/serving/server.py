@@ -16,6 +16,7 @@ from pathlib import Path
 from softprompt.artifacts.bundle import read_bundle
 from softprompt.backbones.base import Backbone
 from softprompt.backbones.loading import load_backbone
+from softprompt.data.images import MAX_IMAGE_PIXELS
 from softprompt.errors import UserError
 from softprompt.inference.loaded import backbone_for_bundle, default_device
 from softprompt.serving.engine import Engine
@@ -73,8 +74,7 @@ class PromptServer:
             options.max_queue,
             observe=self.metrics.observe,
         )
-        pixels = options.max_image_pixels
-        self.spool = ImageSpool(**({"max_pixels": pixels} if pixels else {}))
+        self.spool = ImageSpool(options.max_image_pixels or MAX_IMAGE_PIXELS)
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="softprompt-reload", daemon=True)
 
