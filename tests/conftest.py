@@ -9,6 +9,7 @@ these directories as read-only. Builders of configs and data live in helpers.py.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -16,6 +17,24 @@ import pytest
 import torch
 from helpers import colour_images, toy_task, write_jsonl
 from tiny_checkpoints import KINDS, TEXT_KINDS, build_text_model, build_tiny_clip, build_vlm
+
+
+def _keep_absl_off_captured_streams() -> None:
+    """Point absl's log handler (rouge-score imports absl) at the real stderr.
+
+    absl binds its handler to whatever sys.stderr is when it is imported, which under
+    pytest is a capture stream. Gradio starts uvicorn, whose logging.config.dictConfig
+    closes every handler; absl's close() then closes that capture stream, and pytest
+    fails at the next read of its captured output.
+    """
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_keep_absl_off_captured_streams()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
