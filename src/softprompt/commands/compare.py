@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -22,8 +23,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from softprompt.workflows.compare import compare, markdown, parse_methods
 
     config = load_config(args.config, args.overrides)  # a bad config fails here, once
+    methods = parse_methods(args.methods)
     out = Path(args.output_dir or Path(config.training.output_dir) / "compare")
-    rows = compare(args.config, args.overrides, parse_methods(args.methods), out)
+    try:
+        rows = compare(args.config, args.overrides, methods, out)
+    except KeyboardInterrupt as stopped:
+        # The method training saved its step (train/interrupt.py); the next compare
+        # resumes it and skips the finished ones.
+        print("interrupted; rerun to resume", file=sys.stderr)
+        return 128 + int(getattr(stopped, "signum", signal.SIGINT))
     print(markdown(rows))
     print(f"wrote {out / 'compare.md'} and {out / 'compare.json'}", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -44,7 +45,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         out = Path(args.output_dir)
     else:
         out = default_output_dir(args.config, args.overrides, args.grid)
-    result = sweep(args.config, args.overrides, args.grid, out, fail_fast=args.fail_fast)
+    try:
+        result = sweep(args.config, args.overrides, args.grid, out, fail_fast=args.fail_fast)
+    except KeyboardInterrupt as stopped:
+        # The cell training saved its step (train/interrupt.py); the next sweep resumes
+        # it and skips the finished cells.
+        print("interrupted; rerun to resume", file=sys.stderr)
+        return 128 + int(getattr(stopped, "signum", signal.SIGINT))
     print(markdown(result))
     print(f"wrote {out / 'sweep.md'} and {out / 'sweep.json'}", file=sys.stderr)
     if result.failures:

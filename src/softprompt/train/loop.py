@@ -36,8 +36,10 @@ from softprompt.train.banks import training_plan
 from softprompt.train.checkpoint import prune_checkpoints, rng_state, save_checkpoint
 from softprompt.train.dashboards import show_progress
 from softprompt.train.interrupt import DeferredInterrupt, StopRequested
+from softprompt.train.launch import is_main_process
 from softprompt.train.parallel import global_max, global_sum, micro_batches
 from softprompt.train.run_files import replace_dir_atomically, write_json_atomically
+from softprompt.train.run_lock import run_dir_lock
 from softprompt.train.setup import Run, lower_is_better, resolve_resume, setup_run
 
 logger = logging.getLogger("softprompt")
@@ -254,12 +256,24 @@ def run_epochs(run: Run, bar, window: Window) -> None:
 def train(config: RunConfig, resume: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Train the config's tuners on `config.data`; returns the all_results.json content.
 
+    The run directory is locked for the whole run (train/run_lock.py): from before it is
+    checked for an earlier run to the last write, no other process trains into it.
+
     Args:
         config: validated run configuration.
         resume: a checkpoint directory, or "auto" for the newest complete one in
             `training.output_dir` (starts fresh when there is none).
         progress: show a progress bar (the CLI turns it on).
+
+    Raises:
+        RunDirInUse: another process is training into `training.output_dir`.
     """
+    with run_dir_lock(config.training.output_dir, main=is_main_process()):
+        return train_locked(config, resume, progress)
+
+
+def train_locked(config: RunConfig, resume: str | None, progress: bool) -> dict[str, Any]:
+    """`train` with the run directory's lock held by the caller."""
     run = setup_run(config, resume, progress)
     state = run.state
     bar = tqdm(

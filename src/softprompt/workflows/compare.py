@@ -3,18 +3,24 @@
 Each method runs as its own `softprompt train` process on the same data and budget (so
 its peak memory is its own), under `OUTPUT_DIR/<method>/`. A method whose run already
 finished (`all_results.json` present) is not rerun; an interrupted one resumes from its
-last checkpoint. The table is written as Markdown and JSON.
+last checkpoint. The table is written as Markdown and JSON. `OUTPUT_DIR` is locked while
+compare runs, and each method's run locks its own folder (train/run_lock.py): a second
+compare into it stops at once. Ctrl-C stops the method training at a step boundary with
+a checkpoint saved, and compare with it.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from softprompt.config.run import ConfigError
+from softprompt.errors import UserError
+from softprompt.train.run_lock import RunLock
 from softprompt.tuners.spec import section_specs, tuner_specs
 
 
@@ -49,28 +55,106 @@ def method_presets() -> dict[str, list[str]]:
 METHODS: dict[str, list[str]] = method_presets()
 
 
+def canonical_method(name: str) -> str | None:
+    """A `--methods` entry as its preset's name: case and spaces aside, and the parts of a
+    combination in any order (`LoRA+prompt` is `prompt+lora`); None when unknown."""
+    wanted = sorted(part.strip() for part in name.strip().lower().split("+"))
+    for known in METHODS:
+        if sorted(known.lower().split("+")) == wanted:
+            return known
+    return None
+
+
 def parse_methods(text: str) -> list[str]:
-    """`prompt,lora,prompt+lora,full` -> the method names, checked."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
+    """`prompt,lora,prompt+lora,full` -> the method names, checked.
+
+    Raises:
+        ConfigError: an unknown method, none at all, or one method named twice (it would
+            train into the same folder and fill two rows of the table).
+    """
+    given = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in given if canonical_method(m) is None]
+    if unknown or not given:
         raise ConfigError(
             f"--methods {text!r}: unknown {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(METHODS)}"
         )
+    methods: list[str] = []
+    for name in given:
+        method = canonical_method(name)
+        if method in methods:
+            raise ConfigError(
+                f"--methods {text!r}: {method!r} is named more than once; give each method once"
+            )
+        methods.append(method)
     return methods
 
 
+class MethodFailed(UserError):
+    """A method's training process failed; its own error is in the output above."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A training process stopped on Ctrl-C or SIGTERM, after saving its checkpoint.
+
+    Attributes:
+        signum: the signal that stopped it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# How a `softprompt train` stopped by a signal exits: 128 + the signal's number through
+# the CLI (it saved its step), minus the number when the signal killed it outright.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTED_STATUSES = {
+    **{128 + int(s): int(s) for s in _STOP_SIGNALS},
+    **{-int(s): int(s) for s in _STOP_SIGNALS},
+}
+
+
+def run_training_process(command: list[str], **popen: Any) -> int:
+    """Run a `softprompt train` command line to its end; its exit status.
+
+    Ctrl-C in a terminal reaches the child too: it finishes its step and saves a
+    checkpoint that the next run resumes from, so this waits for it (a second Ctrl-C
+    stops both at once) before passing the KeyboardInterrupt on.
+
+    Raises:
+        TrainingInterrupted: the child stopped on a signal that reached it alone.
+    """
+    process = subprocess.Popen(command, **popen)
+    try:
+        status = process.wait()
+    except KeyboardInterrupt:
+        process.wait()
+        raise
+    if status in INTERRUPTED_STATUSES:
+        raise TrainingInterrupted(INTERRUPTED_STATUSES[status])
+    return status
+
+
 def run_method(config: str, overrides: list[str], method: str, out: Path) -> dict[str, Any]:
-    """Train one method in its own process (resuming an interrupted run); its results."""
+    """Train one method in its own process (resuming an interrupted run); its results.
+
+    Raises:
+        MethodFailed: the training process failed.
+        TrainingInterrupted: it was stopped by a signal.
+    """
     results = out / "all_results.json"
     if not results.is_file():
         command = [sys.executable, "-m", "softprompt", "train", config, *overrides]
         command += [*METHODS[method], f"training.output_dir={out}", "--resume", "auto"]
         command.append("--no-progress")
-        done = subprocess.run(command, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{method}: training exited with {done.returncode}")
+        status = run_training_process(command)
+        if status != 0 or not results.is_file():
+            raise MethodFailed(
+                f"compare: method {method!r} failed (training into {out} exited with status "
+                f"{status}; its error is above); fix it and rerun: finished methods are not "
+                "trained again"
+            )
     return json.loads(results.read_text(encoding="utf-8"))
 
 
@@ -130,12 +214,21 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def compare(
     config: str, overrides: list[str], methods: list[str], output_dir: Path
 ) -> list[dict[str, Any]]:
-    """Train each method and write `compare.md` / `compare.json` in `output_dir`."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for method in methods:
-        folder = output_dir / method.replace("+", "_")
-        rows.append(table_row(method, run_method(config, overrides, method, folder)))
-    (output_dir / "compare.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    (output_dir / "compare.md").write_text(markdown(rows), encoding="utf-8")
+    """Train each method and write `compare.md` / `compare.json` in `output_dir`.
+
+    `output_dir` is locked while the methods train (each run locks its own folder too):
+    a second compare into it stops at once.
+
+    Raises:
+        RunDirInUse: another process holds `output_dir` or a method's folder.
+        MethodFailed: a method's training failed.
+        KeyboardInterrupt: Ctrl-C (the method training then saved a checkpoint).
+    """
+    with RunLock(output_dir, label="--output-dir"):
+        rows = []
+        for method in methods:
+            folder = output_dir / method.replace("+", "_")
+            rows.append(table_row(method, run_method(config, overrides, method, folder)))
+        (output_dir / "compare.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        (output_dir / "compare.md").write_text(markdown(rows), encoding="utf-8")
     return rows

@@ -6,7 +6,9 @@ own and a crash stays in its cell) under `OUTPUT_DIR/<cell name>/`, its output i
 cell's `train.log`. A cell whose run finished (`all_results.json` present) is not rerun;
 an interrupted one resumes from its newest checkpoint. Every cell's config is built
 before anything trains, so a typo or a bad value fails in seconds, not after hours of
-earlier cells. The table is written as `sweep.md` and `sweep.json`.
+earlier cells. The table is written as `sweep.md` and `sweep.json`. `OUTPUT_DIR` is
+locked while the sweep runs, and each cell's run locks its own folder (train/run_lock.py):
+a second sweep into it stops at once, and a cell another process trains fails alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import Any
 import yaml
 
 from softprompt.config.run import ConfigError, RunConfig, check_key, load_config
-from softprompt.workflows.compare import headline_test_metric, table_row
+from softprompt.train.run_lock import RunLock
+from softprompt.workflows.compare import headline_test_metric, run_training_process, table_row
 
 logger = logging.getLogger("softprompt")
 
@@ -252,23 +255,22 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_cell(config: str | Path, overrides: list[str], cell: Cell, cell_dir: Path) -> int:
     """Train one cell in its own process, resuming its newest checkpoint; the exit status.
 
-    The process's output is appended to `cell_dir/train.log`.
+    The process's output is appended to `cell_dir/train.log`; the run locks `cell_dir`
+    itself (train/run_lock.py), so a cell another process trains fails alone.
+
+    Raises:
+        TrainingInterrupted: the cell's training was stopped by a signal.
     """
     cell_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "softprompt", "train", str(config), *overrides]
     command += [*cell.overrides, _output_override(cell_dir), "--resume", "auto", "--no-progress"]
     with open(cell_dir / "train.log", "a", encoding="utf-8") as log:
-        process = subprocess.Popen(
+        # Ctrl-C reaches the child as well: it finishes its step and saves a checkpoint
+        # the next sweep resumes from; a signal that stopped the child alone stops the
+        # sweep too (TrainingInterrupted), rather than counting as a failed cell.
+        return run_training_process(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the child as well: it finishes its step and saves a
-            # checkpoint the next sweep resumes from. Wait for that (a second Ctrl-C
-            # stops both at once).
-            process.wait()
-            raise
 
 
 def _record_start(cell: Cell, cell_dir: Path) -> bool:
@@ -323,12 +325,26 @@ def sweep(
 
     Raises:
         ConfigError: a bad grid or a cell whose config does not build, before any training.
+        RunDirInUse: another process holds `output_dir` (another sweep into it).
+        KeyboardInterrupt: Ctrl-C or a signal to a cell (its checkpoint is then saved).
     """
     axes = parse_grid(grid)
     cells = make_cells(axes)
     check_cells(config, overrides, cells, output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    result = SweepResult(axes, not_run=[cell.name for cell in cells])
+    with RunLock(output_dir, label="--output-dir"):  # one sweep at a time in output_dir
+        return _sweep_cells(config, overrides, cells, output_dir, SweepResult(axes), fail_fast)
+
+
+def _sweep_cells(
+    config: str | Path,
+    overrides: list[str],
+    cells: list[Cell],
+    output_dir: Path,
+    result: SweepResult,
+    fail_fast: bool,
+) -> SweepResult:
+    """Train the cells in turn into `result`, rewriting the table after each."""
+    result.not_run = [cell.name for cell in cells]
     for index, cell in enumerate(cells):
         where = f"cell {index + 1}/{len(cells)} {cell.name}"
         ok = _sweep_cell(config, overrides, cell, output_dir / cell.name, result, where)
