@@ -9,8 +9,14 @@ format: the same save writes the same bytes, so checkpoints of one run compare e
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,20 @@ MODULES_FILE = "modules.safetensors"
 FORMAT_VERSION = 1
 
 
+# A write that failed for want of room: a full disk, a quota, a read-only file system.
+NO_ROOM_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS) if code
+)
+# safetensors reports the OS's errors in its own exception, "... (os error 28)".
+_OS_ERROR_RE = re.compile(r"os error (\d+)")
+
+
 class PromptLoadError(UserError):
     """A saved prompt, bank or bundle is missing, damaged, or does not fit the base model."""
+
+
+class DiskFullError(UserError):
+    """A write failed because its file system is full, over quota or read-only."""
 
 
 def sha256_file(path: Path) -> str:
@@ -161,9 +179,139 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file of ours.
 
     Raises:
-        PromptLoadError: the file is not readable safetensors.
+        PromptLoadError: the file is not readable safetensors, or holds NaN or infinite
+            values.
     """
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except SafetensorError as err:
         raise PromptLoadError(f"{path}: unreadable ({err})") from None
+    check_finite(path, tensors)
+    return tensors
+
+
+def check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse saved weights holding NaN or infinite values: they never come from training
+    that worked, and would make every output of the model NaN.
+
+    Raises:
+        PromptLoadError: naming the file, the tensor and how many values are bad.
+    """
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise PromptLoadError(
+                f"{path}: tensor {key!r} holds {bad} NaN or infinite value(s) of "
+                f"{tensor.numel()}; the file is damaged (or training diverged): restore or "
+                "retrain it"
+            )
+
+
+def no_room_errno(err: BaseException) -> int | None:
+    """The errno of a write that failed for want of room (see NO_ROOM_ERRNOS), else None."""
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None and isinstance(err, SafetensorError):
+        match = _OS_ERROR_RE.search(str(err))
+        code = int(match.group(1)) if match else None
+    return code if code in NO_ROOM_ERRNOS else None
+
+
+def human_size(size: int) -> str:
+    """Bytes as "12.3 MB" (powers of 1000, like `df -H`)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Free space of the file system holding `directory` (or its nearest existing parent)."""
+    path = Path(directory).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def disk_full_error(directory: Path, what: str, needed: int, code: int, then: str) -> DiskFullError:
+    """The one-line error of a write that found no room: where, how much, what to do."""
+    reason = os.strerror(code).lower()
+    if code == errno.EROFS:
+        advice = "make it writable or write somewhere else"
+    else:
+        free = free_bytes(directory)
+        shown = "unknown" if free is None else human_size(free)
+        missing = needed - (free or 0)
+        ask = f"free at least {human_size(missing)}" if missing > 0 else "free some space"
+        advice = f"it needs about {human_size(needed)} free, {shown} is free there: {ask}"
+    tail = f", then {then}" if then else ""
+    return DiskFullError(f"cannot write {what} in {directory}: {reason}; {advice}{tail}")
+
+
+def remove_paths(paths: Iterable[Path]) -> None:
+    """Delete files or directory trees, ignoring ones already gone."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def room_for(
+    directory: Path,
+    what: str,
+    needed: int | Callable[[], int],
+    *,
+    cleanup: Iterable[Path] = (),
+    then: str = "",
+) -> Iterator[None]:
+    """Writes inside it that fail for want of room raise one `DiskFullError` line.
+
+    Whatever fails, the `cleanup` paths (the write's temporaries) are removed first, so
+    a failed write leaves nothing half written behind.
+
+    Args:
+        directory: where the write goes (named in the message, its free space measured).
+        what: what was being written ("checkpoint-12", "metrics.jsonl", ...).
+        needed: the bytes the write needs (or a callable measuring them at the failure,
+            before the cleanup: it may count what was written already).
+        then: what to do once there is room ("rerun with --resume auto").
+    """
+    cleanup = list(cleanup)
+    try:
+        yield
+    except BaseException as err:
+        code = no_room_errno(err) if isinstance(err, Exception) else None
+        size = (needed() if callable(needed) else needed) if code is not None else 0
+        remove_paths(cleanup)
+        if code is None:
+            raise
+        raise disk_full_error(Path(directory), what, size, code, then) from None
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory (0 when missing)."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for file in path.rglob("*") if path.is_dir() else ():
+        try:
+            total += file.stat().st_size if file.is_file() else 0
+        except OSError:
+            continue
+    return total
+
+
+def write_bytes_atomically(path: Path, data: bytes, *, then: str = "") -> None:
+    """Write beside `path`, then rename over it: readers never see half a file, and a
+    full disk leaves the old file and a one-line `DiskFullError`."""
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    with room_for(path.parent, path.name, len(data), cleanup=[tmp], then=then):
+        tmp.write_bytes(data)
+        os.replace(tmp, path)

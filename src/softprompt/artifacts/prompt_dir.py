@@ -27,6 +27,7 @@ from softprompt.artifacts.fingerprint import fingerprint
 from softprompt.artifacts.manifest import (
     META_FILE,
     PromptLoadError,
+    check_finite,
     load_tensors,
     read_json_object,
     save_tensors,
@@ -201,18 +202,58 @@ def load_prompt(directory: str | Path) -> LoadedPrompt:
             f"{directory}: 'prompt_embeddings' must be a 2-D float tensor, got "
             f"{tuple(full.shape)} {full.dtype}"
         )
-    declared = peft_config.get("num_virtual_tokens") or full.shape[0]
-    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
-        raise PromptLoadError(f"{config_path}: num_virtual_tokens {declared!r} is not a count")
-    if declared > full.shape[0]:
-        raise PromptLoadError(
-            f"{config_path}: num_virtual_tokens is {declared} but the weights hold "
-            f"{full.shape[0]} vectors"
-        )
+    declared = _check_prompt_shape(directory, full, peft_config, meta)
     # PEFT stores encoder and decoder prompts stacked for seq2seq; the encoder one is first.
     weight = full[:declared].float().clone()
     encoder_state = _read_encoder_state(directory, meta)
     return LoadedPrompt(weight, meta, peft_config, directory, tensors, encoder_state)
+
+
+def _check_prompt_shape(
+    directory: Path, full: torch.Tensor, peft_config: dict[str, Any], meta: dict[str, Any]
+) -> int:
+    """The prompt's length, after checking the tensor's shape against `adapter_config.json`
+    and `softprompt.json`: checksums only say the files are as saved, not that they agree.
+
+    Raises:
+        PromptLoadError: naming the file, the field and both values.
+    """
+    rows, width = (int(n) for n in full.shape)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    declared = peft_config.get("num_virtual_tokens")
+    declared = rows if declared is None else declared
+    if not _is_positive_int(declared):
+        raise PromptLoadError(f"{config_path}: num_virtual_tokens {declared!r} is not a count")
+    stacks = peft_config.get("num_transformer_submodules")
+    # PEFT writes null before it knows the model: 1 (decoder-only) or 2 (seq2seq) prompts.
+    allowed = (stacks,) if _is_positive_int(stacks) else (1, 2)
+    restore = "the files disagree: restore the prompt from a checkpoint or retrain it"
+    if rows not in {declared * n for n in allowed}:
+        stacked = f" x num_transformer_submodules {stacks}" if allowed == (stacks,) != (1,) else ""
+        raise PromptLoadError(
+            f"{weights_path}: 'prompt_embeddings' holds {rows} vectors but {config_path} says "
+            f"num_virtual_tokens {declared}{stacked}; {restore}"
+        )
+    meta_path = directory / META_FILE
+    fingerprint_info = meta.get("fingerprint")
+    fingerprint_info = fingerprint_info if isinstance(fingerprint_info, dict) else {}
+    recorded = [
+        (config_path, "token_dim", peft_config.get("token_dim"), width),
+        (meta_path, "num_virtual_tokens", meta.get("num_virtual_tokens"), declared),
+        (meta_path, "token_dim", meta.get("token_dim"), width),
+        (meta_path, "fingerprint.hidden_size", fingerprint_info.get("hidden_size"), width),
+    ]
+    for path, key, value, actual in recorded:
+        if value is not None and value != actual:
+            raise PromptLoadError(
+                f"{path}: {key} is {value!r} but {weights_path.name}'s 'prompt_embeddings' is "
+                f"{rows} x {width}; {restore}"
+            )
+    return declared
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _read_encoder_state(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor] | None:
@@ -267,24 +308,40 @@ def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
             isinstance(v, torch.Tensor) for v in tensors.values()
         ):
             raise PromptLoadError(f"{bin_path}: expected a dict of tensors")
+        check_finite(bin_path, tensors)
         return tensors
     raise PromptLoadError(f"{directory}: no {WEIGHTS_FILE} (or adapter_model.bin)")
 
 
 def check_compatible(loaded: LoadedPrompt, backbone) -> None:
     """Fail with a message naming both models when a prompt does not fit the backbone."""
-    trained_on = loaded.base_model or "an unknown base model"
-    dim = int(loaded.weight.shape[1])
-    if dim != backbone.hidden_size:
-        raise PromptLoadError(
-            f"prompt {loaded.directory} was trained on {trained_on} (hidden size {dim}); "
-            f"{backbone.name_or_path} has hidden size {backbone.hidden_size}"
-        )
+    check_width(loaded.meta, loaded.directory, backbone, int(loaded.weight.shape[1]))
     check_base_model(loaded.meta, loaded.directory, backbone)
 
 
+def check_width(meta: dict[str, Any], directory: Path, backbone, width: int | None = None) -> None:
+    """Refuse an adapter trained on a model of another hidden size, naming both sizes.
+
+    Args:
+        width: the prompt's vectors' width (`load_prompt` checked it equals the hidden
+            size `softprompt.json` records); None: the recorded size alone.
+    """
+    recorded = meta.get("fingerprint")
+    trained = recorded.get("hidden_size") if isinstance(recorded, dict) else None
+    trained = trained if isinstance(trained, int) else width
+    if trained is None or trained == backbone.hidden_size:
+        return
+    trained_on = meta.get("base_model") or "an unknown base model"
+    raise PromptLoadError(
+        f"prompt {directory} was trained on {trained_on} (hidden size {trained}); "
+        f"{backbone.name_or_path} has hidden size {backbone.hidden_size}: pass --model with "
+        "the base model it was trained on"
+    )
+
+
 def check_base_model(meta: dict[str, Any], directory: Path, backbone) -> None:
-    """Refuse a saved adapter whose recorded family or base-model fingerprint differs."""
+    """Refuse a saved adapter whose recorded family, hidden size or base-model fingerprint
+    differs from the backbone's."""
     trained_on = meta.get("base_model") or "an unknown base model"
     family = meta.get("family")
     if family is not None and family != backbone.family:
@@ -292,6 +349,7 @@ def check_base_model(meta: dict[str, Any], directory: Path, backbone) -> None:
             f"prompt {directory} was trained on a {family} model ({trained_on}); "
             f"{backbone.name_or_path} is a {backbone.family} model"
         )
+    check_width(meta, directory, backbone)
     expected = meta.get("fingerprint")
     if expected:
         actual = fingerprint(backbone.word_embeddings(), backbone.tokenizer)

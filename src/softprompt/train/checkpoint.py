@@ -33,7 +33,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from softprompt.artifacts.prompt_dir import WEIGHTS_FILE, sha256_file
+from softprompt.artifacts.bank import read_bank_meta
+from softprompt.artifacts.manifest import room_for, tree_bytes
+from softprompt.artifacts.prompt_dir import WEIGHTS_FILE, load_prompt, sha256_file
+from softprompt.artifacts.saved import Bundle
 from softprompt.errors import UserError
 from softprompt.paths import UnsafeNameError, check_name, is_inside
 from softprompt.train.state_files import StateFileError, load_state, save_state
@@ -52,6 +55,18 @@ WEIGHT_NAMES = (WEIGHTS_FILE, "model.safetensors", "model.safetensors.index.json
 # written, being deleted, or the previous NAME set aside while it is replaced (the
 # loop replaces best/ that way).
 _WRITING, _DELETING, _SET_ASIDE = ".tmp-", ".del-", ".old-"
+
+# What to do once a failed checkpoint write has room again.
+RESUME_HINT = "rerun with --resume auto to continue from the last complete checkpoint"
+# What to do with a checkpoint of another run.
+FRESH_HINT = (
+    "resume with the config it was written with, or start afresh in another "
+    "training.output_dir (or with training.overwrite_output_dir=true)"
+)
+# The task fields a resumed run must share with its checkpoint (lengths and generation
+# settings may change); a vision task's record is compared field by field as well.
+TASK_KEYS = ("type", "template", "input_field")
+VISION_TASK_KEYS = ("type", "template", "instruction", "classes", "label_words", "answers")
 
 logger = logging.getLogger("softprompt")
 
@@ -196,11 +211,31 @@ def save_checkpoint(
     tmp = run_dir / f"{_WRITING}checkpoint-{state.global_step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    rng_states = rng_states or [rng_state()]
+
+    def needed() -> int:  # measured at a failure, before the partial copy is removed
+        return max(_checkpoint_bytes(run_dir, optimizer, rng_states), tree_bytes(tmp))
+
+    # A full disk: the partial copy goes, the last complete checkpoint stays as it was.
+    with room_for(run_dir, final.name, needed, cleanup=[tmp], then=RESUME_HINT):
+        tmp.mkdir(parents=True)
+        _write_checkpoint_files(tmp, state, write_adapters, optimizer, scheduler, rng_states)
+    if final.exists():
+        # Re-saving a step (e.g. Ctrl-C right after a resume): the old copy goes hidden first.
+        _remove_hidden(final)
+    os.replace(tmp, final)
+    _fsync_dir(run_dir)
+    return final
+
+
+def _write_checkpoint_files(
+    tmp: Path, state: TrainState, write_adapters, optimizer, scheduler, rng_states
+) -> None:
+    """Every file of a checkpoint into `tmp`, trainer_state.json (the checksums) last."""
     write_adapters(tmp)
     save_state(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     save_state(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-    for index, (rng_tensors, rng_info) in enumerate(rng_states or [rng_state()]):
+    for index, (rng_tensors, rng_info) in enumerate(rng_states):
         tensor_file, info_file = _rng_files(index)
         save_file(rng_tensors, str(tmp / tensor_file))
         (tmp / info_file).write_text(json.dumps(rng_info), encoding="utf-8")
@@ -208,12 +243,20 @@ def save_checkpoint(
     payload = {**asdict(state), "files": checksums}
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
     _fsync_files(tmp)
-    if final.exists():
-        # Re-saving a step (e.g. Ctrl-C right after a resume): the old copy goes hidden first.
-        _remove_hidden(final)
-    os.replace(tmp, final)
-    _fsync_dir(run_dir)
-    return final
+
+
+def _checkpoint_bytes(run_dir: Path, optimizer, rng_states: list[RngState]) -> int:
+    """About the bytes a checkpoint takes: the newest one's size, else its tensors'
+    (trained weights as float32, optimizer state, random states, JSON)."""
+    steps = [(int(m.group(1)), c) for c in run_dir.iterdir() if (m := CHECKPOINT_RE.match(c.name))]
+    if steps:
+        return tree_bytes(max(steps)[1])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = [t for entry in optimizer.state.values() for t in entry.values()]
+    tensors = [t for t in state if isinstance(t, torch.Tensor)]
+    tensors += [t for rng_tensors, _ in rng_states for t in rng_tensors.values()]
+    json_bytes = 64_000 * len(rng_states)  # the random states as JSON, and the manifests
+    return 4 * sum(p.numel() for p in params) + sum(t.nbytes for t in tensors) + json_bytes
 
 
 def validate_checkpoint(path: Path) -> dict[str, Any]:
@@ -316,6 +359,7 @@ def load_checkpoint(
     scheduler,
     process_index: int = 0,
     batch_size: int = 1,
+    payload: dict[str, Any] | None = None,
 ) -> TrainState:
     """Restore optimizer, scheduler and RNG; return the loop state (prompt loads apart).
 
@@ -324,11 +368,12 @@ def load_checkpoint(
             none for (it was written by fewer processes) takes process 0's.
         batch_size: `training.batch_size`, to read the data position of checkpoints
             written before it was counted in examples (they counted batches).
+        payload: `validate_checkpoint(path)`, when the caller has just checked it.
 
     Raises:
         CheckpointError: the checkpoint is incomplete, damaged, or of another run.
     """
-    payload = validate_checkpoint(path)
+    payload = payload if payload is not None else validate_checkpoint(path)
     state = _train_state(path, payload, batch_size)
     optimizer_state = _load_state_file(path, OPTIMIZER_FILE)
     scheduler_state = _load_state_file(path, SCHEDULER_FILE)
@@ -359,3 +404,97 @@ def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
     )
     for _, path in found[:-keep]:
         _remove_hidden(path)
+
+
+def check_fits_run(path: Path, bundle: Bundle, tuners, context: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another run, as `predict` refuses a prompt of another model.
+
+    What the checkpoint's adapters record (manifest and weights) is compared with this
+    run: the base model's family and fingerprint, the methods, the prompts' shapes and
+    the task. A checkpoint recording no fingerprint (written by an early version) is
+    checked for the rest, with a warning that its base model cannot be.
+
+    Args:
+        bundle: `read_bundle(path)`; tuners: this run's, not loaded yet.
+        context: what this run's adapters record (`run_files.save_context`).
+
+    Raises:
+        CheckpointError: naming the checkpoint, the field, both values and what to do.
+    """
+    _check_base_model(path, bundle.meta, context)
+    found = {name: adapter.method for name, adapter in bundle.adapters.items()}
+    wanted = {t.adapter: t.saved_method for t in tuners.tuners if t.adapter}
+    if found != wanted:
+        raise _mismatch(path, "the methods", _listed(found), _listed(wanted))
+    prompt = tuners.prompt
+    if prompt is not None and prompt.kind != "single":
+        _check_bank(path, bundle.adapters["prompt"].path, prompt)
+    elif prompt is not None and bundle.prompt is not None:
+        shapes = _shape(bundle.prompt.weight), _shape(prompt.weight)
+        _compare(path, "the prompt's shape (num_virtual_tokens x width)", *shapes)
+    if prompt is None or prompt.kind != "tasks":  # a multi-task bank's tasks are its members'
+        _check_task(path, "task", bundle.task, context.get("task") or {})
+
+
+def _mismatch(path: Path, field: str, found: Any, expected: Any) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is of another run: {field} is {found} there, {expected} in this "
+        f"run; {FRESH_HINT}"
+    )
+
+
+def _compare(path: Path, field: str, found: Any, expected: Any) -> None:
+    if found != expected:
+        raise _mismatch(path, field, found, expected)
+
+
+def _listed(methods: dict[str, str]) -> str:
+    return ", ".join(f"{name} ({method})" for name, method in sorted(methods.items())) or "none"
+
+
+def _shape(weight: torch.Tensor) -> str:
+    return " x ".join(str(n) for n in weight.shape)
+
+
+def _check_base_model(path: Path, meta: dict[str, Any], context: dict[str, Any]) -> None:
+    if meta.get("family") is not None:
+        _compare(path, "the model family", meta["family"], context["family"])
+    recorded, ours = meta.get("fingerprint"), context["fingerprint"]
+    if not isinstance(recorded, dict) or not recorded:
+        logger.warning("%s records no base-model fingerprint: its base model is not checked", path)
+        return
+    for key in ("hidden_size", "embedding", "tokenizer"):
+        if recorded.get(key) is not None and recorded[key] != ours.get(key):
+            raise _mismatch(
+                path,
+                f"the base model's fingerprint.{key}",
+                f"{recorded[key]} ({meta.get('base_model') or 'unknown base model'})",
+                f"{ours.get(key)} ({context['base_model']})",
+            )
+
+
+def _check_bank(path: Path, directory: Path, bank) -> None:
+    """A bank's kind, member names, each member's shape and (multi-task) task."""
+    try:
+        meta = read_bank_meta(directory)
+    except UserError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    _compare(path, "the prompt bank's kind", meta.get("kind", "tasks"), bank.kind)
+    _compare(path, "the bank's prompts", ", ".join(meta["members"]), ", ".join(bank.names))
+    for name, entry in meta["members"].items():
+        found = _shape(load_prompt(Path(directory) / name).weight)
+        _compare(path, f"prompt {name!r}'s shape", found, _shape(bank.members[name].weight))
+        if bank.kind == "tasks":
+            _check_task(path, f"task {name!r}", entry.get("task") or {}, bank.records.get(name))
+
+
+def _check_task(path: Path, what: str, found: dict[str, Any], expected: dict | None) -> None:
+    """The fields of TASK_KEYS (and a vision task's VISION_TASK_KEYS) that both record."""
+    expected = expected or {}
+    pairs = [(f"{what} {k}", found, expected, k) for k in TASK_KEYS]
+    vision, ours = found.get("vision_task"), expected.get("vision_task")
+    if isinstance(vision, dict) and isinstance(ours, dict):
+        pairs += [(f"{what} vision_task.{k}", vision, ours, k) for k in VISION_TASK_KEYS]
+    for field_name, theirs, mine, key in pairs:
+        if key in theirs and key in mine:  # an early checkpoint may lack some
+            _compare(path, field_name, repr(theirs[key]), repr(mine[key]))

@@ -18,10 +18,17 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from softprompt.artifacts.manifest import (
+    DiskFullError,
+    room_for,
+    tree_bytes,
+    write_bytes_atomically,
+)
 from softprompt.backbones.base import Backbone
 from softprompt.backbones.from_config import vision_settings
 from softprompt.config.run import RunConfig
 from softprompt.tasks.kinds import Task, task_record
+from softprompt.train.checkpoint import RESUME_HINT
 from softprompt.train.dashboards import open_dashboards
 from softprompt.tuners.prompt_tuning.bank import PromptBank
 from softprompt.tuners.prompt_tuning.tuner import PromptTuner
@@ -62,9 +69,17 @@ class MetricsLog:
             write_text_atomically(self.path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record; a full disk leaves the log as it was and raises one line."""
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            line = (json.dumps(record) + "\n").encode("utf-8")
+            size = self.path.stat().st_size if self.path.is_file() else 0
+            try:
+                with room_for(self.path.parent, self.path.name, len(line), then=RESUME_HINT):
+                    with open(self.path, "ab") as handle:
+                        handle.write(line)
+            except DiskFullError:
+                _truncate(self.path, size)  # no torn last line
+                raise
             for dashboard in self.dashboards:
                 dashboard.write(record)
 
@@ -109,6 +124,15 @@ def clear_earlier_run(paths: list[Path]) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut a file back to `size` bytes (needs no free space)."""
+    try:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+    except OSError:
+        pass  # the next open drops a partial last line anyway
 
 
 def drop_partial_last_line(path: Path) -> None:
@@ -173,8 +197,10 @@ def save_initial_prompt(
         "embedding_fingerprint": str(context.get("fingerprint", {}).get("embedding")),
     }
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    needed = sum(t.nbytes for t in tensors.values()) + 4096
+    with room_for(run_dir, path.name, needed, cleanup=[tmp], then=RESUME_HINT):
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
     return path
 
 
@@ -189,10 +215,24 @@ def initial_prompt_tensors(prompt: PromptTuner | PromptBank | None) -> dict[str,
     }
 
 
-def replace_dir_atomically(target: Path, write) -> None:
+def replace_dir_atomically(target: Path, write, needed: int | None = None) -> None:
+    """Write a directory beside `target` with `write(tmp)`, then swap it in.
+
+    A failed write (a full disk: one `DiskFullError` line) leaves `target` as it was
+    and no temporary behind.
+
+    Args:
+        needed: the bytes the new directory takes, for the message of a full disk
+            (default: the size of the one it replaces, or of what was written).
+    """
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
+
+    def size() -> int:
+        return needed or max(tree_bytes(target), tree_bytes(tmp))
+
+    with room_for(target.parent, f"{target.name}/", size, cleanup=[tmp], then=RESUME_HINT):
+        write(tmp)
     old = target.parent / f".old-{target.name}-{os.getpid()}"
     if target.exists():
         os.replace(target, old)
@@ -212,10 +252,9 @@ def _record_step(line: str) -> int:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write next to `path`, then rename it over: readers never see half a file."""
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write next to `path`, then rename it over: readers never see half a file, and a
+    full disk leaves the old file (and a one-line `DiskFullError`)."""
+    write_bytes_atomically(path, text.encode("utf-8"), then=RESUME_HINT)
 
 
 def write_json_atomically(path: Path, value: Any) -> None:

@@ -29,7 +29,14 @@ from softprompt.config.run import ConfigError, RunConfig, TrainingConfig, save_c
 from softprompt.data.splits import load_split, load_split_with_info
 from softprompt.tasks.kinds import Task, task_from_config
 from softprompt.train.banks import bank_records, load_multitask_data
-from softprompt.train.checkpoint import TrainState, find_latest_checkpoint, load_checkpoint
+from softprompt.train.checkpoint import (
+    CheckpointError,
+    TrainState,
+    check_fits_run,
+    find_latest_checkpoint,
+    load_checkpoint,
+    validate_checkpoint,
+)
 from softprompt.train.interrupt import DeferredInterrupt
 from softprompt.train.parallel import TrainableParts, make_accelerator
 from softprompt.train.run_files import (
@@ -158,7 +165,7 @@ def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
     state = _setup_state(
         resume, run_dir, tuners, optimizer, scheduler, log,
         rank=accelerator.process_index, batch_size=t.batch_size,
-        examples_per_step=examples_per_step,
+        examples_per_step=examples_per_step, context=context,
     )  # fmt: skip
     return Run(
         config=config, accelerator=accelerator, run_dir=run_dir, backbone=backbone,
@@ -307,16 +314,20 @@ def _setup_state(
     rank: int,
     batch_size: int,
     examples_per_step: int,
+    context: dict[str, Any],
 ) -> TrainState:
-    """A fresh position, or the newest (or given) checkpoint's: its weights, optimizer,
-    scheduler and random state are loaded, and the log forgets the steps after it."""
+    """A fresh position, or the newest (or given) checkpoint's: checked to be of this run
+    (base model, methods, prompt shapes, task), its weights, optimizer, scheduler and
+    random state are loaded, and the log forgets the steps after it."""
     state = TrainState()
     path = resolve_resume(resume, run_dir) if resume else None
     if path is not None:
-        tuners.load(read_bundle(path))
+        payload = validate_checkpoint(path)
+        load_resumed_adapters(path, tuners, context)
         state = load_checkpoint(
-            path, optimizer, scheduler, process_index=rank, batch_size=batch_size
-        )
+            path, optimizer, scheduler, process_index=rank, batch_size=batch_size,
+            payload=payload,
+        )  # fmt: skip
         logger.info("Resumed from %s at step %d", path, state.global_step)
         if state.samples_in_epoch and state.examples_per_step != examples_per_step:
             logger.warning(
@@ -332,6 +343,22 @@ def _setup_state(
         log.forget_after(state.global_step)
     state.examples_per_step = examples_per_step
     return state
+
+
+def load_resumed_adapters(path: Path, tuners: TunerSet, context: dict[str, Any]) -> None:
+    """A checkpoint's adapters into this run's tuners, once they are known to fit.
+
+    Raises:
+        CheckpointError: the checkpoint is of another run, or its files do not load.
+    """
+    try:
+        bundle = read_bundle(path)
+        check_fits_run(path, bundle, tuners, context)
+        tuners.load(bundle)
+    except CheckpointError:
+        raise
+    except (ValueError, RuntimeError) as err:  # UserErrors of the adapters' loaders too
+        raise CheckpointError(f"checkpoint {path} does not load into this run: {err}") from None
 
 
 def use_eager_attention(backbone) -> None:

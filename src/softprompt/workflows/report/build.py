@@ -10,12 +10,17 @@ report/
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from softprompt.workflows.report.baseline import BASELINE_DIRNAME, METRICS_FILE, run_baseline
+from softprompt.artifacts.manifest import write_bytes_atomically
+from softprompt.workflows.report.baseline import (
+    BASELINE_DIRNAME,
+    METRICS_FILE,
+    REPORT_HINT,
+    run_baseline,
+)
 from softprompt.workflows.report.data import (
     LOWER_IS_BETTER,
     SPLITS,
@@ -230,6 +235,4 @@ def _labels(metrics: dict[str, Any], records: list[dict[str, Any]]) -> list[str]
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomically(path, text.encode("utf-8"), then=REPORT_HINT)
