@@ -31,6 +31,11 @@ def add_command(sub) -> None:
     )
     src.add_argument("--image-dir", "--image_dir", dest="image_dir", help="folder of images")
     p.add_argument("--question", help="question asked about every image (vqa)")
+    p.add_argument(
+        "--instruction",
+        help="with --model and no --prompt: the hard prompt the bare model reads (default: "
+        "its task's own, e.g. 'A short caption of the image:')",
+    )
     p.add_argument("--input-field", help="field holding the text in --input records")
     p.add_argument(
         "--output",
@@ -52,14 +57,21 @@ def add_command(sub) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from softprompt.inference.loaded import LoadedModel
-    from softprompt.inference.predict_io import summarize, write_records
+    from softprompt.inference.predict_io import record_json, summarize, write_records
 
     args.prompt = prompt_path(args)
     if args.prompt is None and args.model is None:
         print("predict needs --prompt DIR (or --model for the bare model)", file=sys.stderr)
         return EXIT_USAGE
     if args.prompt is None:
-        loaded = LoadedModel.bare_text_model(args.model, args.max_new_tokens)
+        loaded = _bare_model(args)
+    elif args.instruction is not None:
+        print(
+            "--instruction is for the bare model (--model without --prompt); a trained "
+            "prompt keeps the hard prompt it was trained with",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     else:
         loaded = LoadedModel.from_bundle(
             args.prompt, model=args.model, max_new_tokens=args.max_new_tokens
@@ -78,10 +90,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
     else:
         for record in records:
-            print(json.dumps(record, ensure_ascii=False))
-    if loaded.task.type != "text2text":
-        print(f"summary: {json.dumps(summarize(records))}", file=sys.stderr)
+            print(record_json(record))
+    # Every input has one record, so total counts the inputs and errors those unread.
+    summary = summarize(records, by_prediction=loaded.task.type != "text2text")
+    print(f"summary: {json.dumps(summary)}", file=sys.stderr)
     return 0
+
+
+def _bare_model(args: argparse.Namespace):
+    """The model alone (zero-shot): a vision-language model captions, or answers when
+    --question is given or the --input records hold questions."""
+    from softprompt.inference.loaded import LoadedModel, zero_shot_task
+    from softprompt.inference.predict_io import asks_questions
+
+    question = args.question is not None
+    loaded = LoadedModel.bare_model(args.model, args.max_new_tokens, question, args.instruction)
+    if loaded.reads_images and not question and args.input and asks_questions(args.input):
+        task, _ = zero_shot_task(True, True, args.instruction, args.max_new_tokens)
+        loaded.use_task(task)
+    return loaded
 
 
 def _predict_inputs(loaded, args: argparse.Namespace, input_path: str | None) -> list | None:
@@ -106,7 +133,8 @@ def _read_examples(loaded, args, input_path: str | None, task: str | None = None
     if kind != "text2text":
         return image_inputs(args.image, args.image_dir, input_path, args.question, task_type=kind)
     if args.image or args.image_dir:
-        print("this prompt was trained for text; give --text or --input", file=sys.stderr)
+        what = "this prompt was trained for text" if args.prompt else f"{args.model} reads text"
+        print(f"{what}; give --text or --input", file=sys.stderr)
         return None
     if args.text is not None:
         return [

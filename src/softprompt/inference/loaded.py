@@ -16,7 +16,7 @@ import torch
 
 from softprompt.artifacts.bundle import Bundle, read_bundle
 from softprompt.artifacts.prompt_dir import PromptLoadError, check_base_model
-from softprompt.backbones.base import Backbone, EncodeSettings
+from softprompt.backbones.base import Backbone, EncodeSettings, VisionLanguageBackbone
 from softprompt.backbones.loading import load_backbone
 from softprompt.backbones.vision_base import VisionSettings
 from softprompt.config.run import ConfigError
@@ -26,7 +26,14 @@ from softprompt.data.records import VisionExample
 from softprompt.inference.evaluate import WHOLE_SET, EvalShard
 from softprompt.inference.execute import EvalOptions, Request, answer, evaluate_plan
 from softprompt.inference.plan import InferencePlan, Route
-from softprompt.tasks.kinds import Task, TextTask, VisionTask
+from softprompt.inference.predict_io import UnreadableInput
+from softprompt.tasks.kinds import (
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_TEMPLATES,
+    Task,
+    TextTask,
+    VisionTask,
+)
 from softprompt.tuners.base import SAVED_TUNERS
 from softprompt.tuners.tuner_set import TunerSet, register_tuners
 
@@ -107,11 +114,51 @@ class LoadedModel:
         return cls(backbone, tuners, plan, torch.device(device) if device else default_device())
 
     @classmethod
-    def bare_text_model(cls, name: str, max_new_tokens: int | None = None) -> LoadedModel:
-        """A text model alone, no adapters (zero-shot `predict --model`)."""
+    def zero_shot(
+        cls,
+        backbone: Backbone,
+        task: Task,
+        settings: EncodeSettings | None = None,
+        record: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+    ) -> LoadedModel:
+        """The frozen model alone with a task's hard prompt, no adapters: what zero-shot
+        `predict --model` and the baseline answer with.
+
+        Args:
+            record: the task record; its `template` wraps text inputs.
+        """
+        plan = InferencePlan.single(task, settings, record)
+        where = torch.device(device) if device else default_device()
+        return cls(backbone, TunerSet([], backbone), plan, where)
+
+    @classmethod
+    def bare_model(
+        cls,
+        name: str,
+        max_new_tokens: int | None = None,
+        question: bool = False,
+        instruction: str | None = None,
+    ) -> LoadedModel:
+        """A model alone, no adapters (zero-shot `predict --model`), any family.
+
+        A vision-language model captions, or with `question` answers questions, with its
+        task's default hard prompt (`DEFAULT_TEMPLATES`) or `instruction`; a text model
+        reads its input as given, after `instruction` when there is one.
+        """
         backbone = load_backbone(name)
-        plan = InferencePlan.single(TextTask(max_new_tokens=max_new_tokens or 64))
-        return cls(backbone, TunerSet([], backbone), plan, default_device())
+        vision = reads_images(backbone)
+        task, record = zero_shot_task(vision, question, instruction, max_new_tokens)
+        return cls.zero_shot(backbone, task, record=record)
+
+    @property
+    def reads_images(self) -> bool:
+        """Whether the backbone takes images (a vision-language family)."""
+        return reads_images(self.backbone)
+
+    def use_task(self, task: Task) -> None:
+        """Answer with `task` from now on (zero-shot: caption or vqa, chosen by input)."""
+        self.plan = self.plan.with_route(replace(self.route, task=task))
 
     def set_adapters(self, states: dict[str, bool]) -> None:
         """Hot switches, e.g. {"prompt": False}: no reload, the next call sees them."""
@@ -200,17 +247,56 @@ class LoadedModel:
         """
         requests, failed = [], {}
         for index, example in enumerate(examples):
-            path = example.image_path if isinstance(example, VisionExample) else None
-            try:
-                if path is not None:
-                    load_image(path)
-                requests.append(Request(example, tasks[index] if tasks else None))
-            except DataError as err:
-                failed[index] = {"id": example.id, "image": path, "error": str(err)}
-                if tasks:
-                    failed[index] = {"task": tasks[index], **failed[index]}
+            task = tasks[index] if tasks else None
+            error = unreadable(example)
+            if error is None:
+                requests.append(Request(example, task))
+            else:
+                failed[index] = {"task": task, **error} if tasks else error
         answered = iter(self.answer(requests, batch_size, progress))  # unreadable inputs left out
         return [failed[i] if i in failed else next(answered) for i in range(len(examples))]
+
+
+def unreadable(example: Any) -> dict[str, Any] | None:
+    """The error record of an input that cannot be answered (None: it can): a record
+    the reader could not read, or an image that does not open."""
+    if isinstance(example, UnreadableInput):
+        return example.record()
+    if isinstance(example, VisionExample):
+        try:
+            load_image(example.image_path)
+        except DataError as err:
+            return {"id": example.id, "image": example.image_path, "error": str(err)}
+    return None
+
+
+def reads_images(backbone: Backbone) -> bool:
+    """Whether `backbone` is a vision-language family (it reads an image first)."""
+    return isinstance(backbone, VisionLanguageBackbone)
+
+
+def zero_shot_task(
+    vision: bool,
+    question: bool = False,
+    instruction: str | None = None,
+    max_new_tokens: int | None = None,
+) -> tuple[Task, dict[str, Any]]:
+    """(task, task record) of the bare model: caption, or vqa with `question`, with the
+    default hard prompt or `instruction`; for text models, `instruction` before the input.
+    """
+    if not vision:
+        task = TextTask(max_new_tokens=max_new_tokens or TextTask.max_new_tokens)
+        if instruction is None:
+            return task, {}
+        escaped = instruction.replace("{", "{{").replace("}", "}}")
+        return task, {"template": f"{escaped} {{input}}"}
+    kind = "vqa" if question else "caption"
+    template = DEFAULT_TEMPLATES[kind]
+    if instruction is not None and kind == "vqa":
+        template = "{instruction} " + template  # the default vqa prompt has no instruction
+    chosen = instruction if instruction is not None else DEFAULT_INSTRUCTIONS[kind]
+    tokens = max_new_tokens or VisionTask.max_new_tokens
+    return VisionTask(kind, template, chosen, max_new_tokens=tokens), {}
 
 
 def backbone_for_bundle(

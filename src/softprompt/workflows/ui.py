@@ -26,7 +26,7 @@ import gradio as gr  # noqa: E402
 from softprompt.config.run import ConfigError  # noqa: E402
 from softprompt.data.errors import DataError  # noqa: E402
 from softprompt.data.records import TextExample  # noqa: E402
-from softprompt.inference.loaded import LoadedModel  # noqa: E402
+from softprompt.inference.loaded import LoadedModel, zero_shot_task  # noqa: E402
 from softprompt.inference.predict_io import image_inputs  # noqa: E402
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -120,6 +120,10 @@ class DemoSession:
 
     def _predict(self, image: str | None, text: str | None) -> dict[str, Any]:
         text = (text or "").strip()
+        if self.loaded.reads_images and not self.loaded.tuners.states():
+            # The bare model (zero-shot, as `predict --model`): a question asks, else caption.
+            task, _ = zero_shot_task(True, bool(text), max_new_tokens=self.max_new_tokens)
+            self.loaded.use_task(task)
         task_type = self.loaded.task.type
         if task_type != "text2text":
             if not image:

@@ -17,11 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from softprompt.artifacts.manifest import write_bytes_atomically
 from softprompt.config.run import RunConfig
 
 BASELINE_DIRNAME = "baseline"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_STEM = "predictions"
+# What to do once a report write (a figure, the page) that found no room has some.
+REPORT_HINT = "rerun softprompt report (or write it elsewhere with --output)"
 
 
 def baseline_dir(config: RunConfig) -> Path:
@@ -79,7 +82,7 @@ def run_baseline(
     if not any(split in results for split in splits):
         return results  # nothing scored: no metrics.json that a report would take as one
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".tmp-{METRICS_FILE}"
-    tmp.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    tmp.replace(out / METRICS_FILE)  # a half-written metrics.json never replaces a good one
+    # A half-written metrics.json never replaces a good one; a full disk says so in one line.
+    data = json.dumps(results, indent=2).encode("utf-8")
+    write_bytes_atomically(out / METRICS_FILE, data, then="rerun it")
     return results
