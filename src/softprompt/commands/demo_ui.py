@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from softprompt.commands.common import EXIT_USAGE
 # The embedded VLM prompt `make demo` trains (demo/run_demo.py with this config).
 DEMO_CONFIG = Path("configs/easyvqa_effnet_smollm2.yaml")
 DEMO_RUN_DIR = "runs/easyvqa_effnet_smollm2"
+MAX_PORT = 65535
 
 
 def add_command(sub) -> None:
@@ -31,9 +34,50 @@ def add_command(sub) -> None:
         help="also answer with every adapter off (zero-shot), side by side",
     )
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--port",
+        type=port_number,
+        default=7860,
+        help="TCP port to serve on, 1-65535 (default 7860); it must be free",
+    )
     p.add_argument("--max-new-tokens", type=int)
     p.set_defaults(func=_cmd_demo_ui)
+
+
+def port_number(text: str) -> int:
+    """`--port` as argparse reads it: a whole number 1-65535.
+
+    0 ("any free port") is refused: the page's address would then be known only after it
+    started, and the URL printed for it would be wrong.
+
+    Raises:
+        argparse.ArgumentTypeError: not a number, or outside 1-65535.
+    """
+    try:
+        port = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number: pick one in 1-{MAX_PORT}")
+    return port
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the page cannot listen on host:port (None: it can), worded with our --port flag.
+
+    Binds and closes at once, as the server will bind it (address reuse on), so a port
+    that only lingers after a closed connection counts as free.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return f"port {port} is in use: pass --port with a free one"
+            return f"cannot serve on {host}:{port} ({err.strerror}): pass --port with a free one"
+    return None
 
 
 def demo_prompt_dir() -> Path:
@@ -61,6 +105,10 @@ def _cmd_demo_ui(args: argparse.Namespace) -> int:
             f"--host {args.host}: the demo UI serves only this machine (127.0.0.1)", file=sys.stderr
         )
         return EXIT_USAGE
+    problem = port_problem(args.host, args.port)  # before the model loads, which takes a while
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_USAGE
     from softprompt.inference.loaded import LoadedModel
 
     loaded = LoadedModel.from_bundle(prompt, model=args.model, max_new_tokens=args.max_new_tokens)
@@ -69,8 +117,13 @@ def _cmd_demo_ui(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         url = launch(app, args.host, args.port)
-    except OSError as err:  # gradio's "Cannot find empty port" among them
-        print(f"cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
+    except OSError:
+        # Gradio's own message names its GRADIO_SERVER_PORT setting; the port was free a
+        # moment ago, so another program took it meanwhile.
+        problem = port_problem(args.host, args.port) or (
+            f"cannot serve on {args.host}:{args.port}: pass --port with a free one"
+        )
+        print(problem, file=sys.stderr)
         return EXIT_USAGE
     print(f"demo UI: {url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     app.block_thread()

@@ -4,9 +4,10 @@ training set whose rows each carry the index of their task's prompt."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softprompt.config.errors import ConfigError
+from softprompt.config.errors import ConfigError, describe_error
 
 if TYPE_CHECKING:  # the run config validates its `tasks:` through this module
     from softprompt.config.run import RunConfig
@@ -68,7 +69,7 @@ def resolve_tasks(config: RunConfig) -> list[TaskSpec]:
         try:
             task_config = type(config).model_validate(merged)
         except ValueError as err:
-            raise ValueError(f"{where}: {_first_problem(err)}") from None
+            raise ValueError(f"{where}: {_first_problem(err, type(config))}") from None
         specs.append(
             TaskSpec(entry.name, index, task_config, entry.init_from, entry.num_virtual_tokens)
         )
@@ -96,19 +97,38 @@ def _merged(base: dict[str, Any], entry) -> dict[str, Any]:
     return merged
 
 
-def _first_problem(err: ValueError) -> str:
+def _first_problem(err: ValueError, model: type[RunConfig]) -> str:
     errors = getattr(err, "errors", None)
-    if callable(errors):
-        item = errors()[0]
-        loc = ".".join(str(p) for p in item["loc"])
-        msg = str(item["msg"]).removeprefix("Value error, ")
-        return f"{loc}: {msg} (got {item.get('input')!r})" if loc else msg
-    return str(err)
+    return describe_error(errors()[0], model) if callable(errors) else str(err)
 
 
 def task_specs(config: RunConfig) -> list[TaskSpec]:
-    """The run's tasks, as a `ConfigError` when they do not resolve."""
+    """The run's tasks, each with the data files it names present.
+
+    Raises:
+        ConfigError: the tasks do not resolve, or a task's data path does not exist
+            (names the task, the key and the path).
+    """
     try:
-        return resolve_tasks(config)
+        specs = resolve_tasks(config)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    for spec in specs:
+        _check_data_paths(spec, set(config.tasks[spec.index].data))
+    return specs
+
+
+def _check_data_paths(spec: TaskSpec, own_keys: set[str]) -> None:
+    # Checked before any task is read, so a run does not stop at its second task's file
+    # (or at the test split, after training) with a message that does not say which task.
+    d = spec.config.data
+    keys = ["train_path", "test_path"] + (["val_test_path"] if d.validation else [])
+    for key in keys:
+        path = getattr(d, key)
+        if not path or path.startswith(("builtin:", "hf:")) or Path(path).exists():
+            continue
+        section = "this task's `data:`" if key in own_keys else "the config's `data:` section"
+        raise ConfigError(
+            f"tasks[{spec.index}] ({spec.name}): data.{key} {path}: not found (looked for "
+            f"{Path(path).resolve()}); fix the path in {section}"
+        )

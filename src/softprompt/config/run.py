@@ -9,7 +9,6 @@ names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import difflib
-import reprlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from softprompt.config.errors import ConfigError
+from softprompt.config.errors import ConfigError, describe_error, printable
 from softprompt.config.sections import (  # re-exported: callers import the sections here
     METHOD_SPECS,
     DataConfig,
@@ -191,15 +190,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 60, 60, 3
-_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = _SHORT.maxset = 4
 MAX_REPORTED_ERRORS = 8
-
-
-def _printable(text: str) -> str:
-    # One paragraph: a key or message holding a newline or control character is quoted.
-    return text if text.isprintable() else repr(text)
 
 
 def closest_key(key: str) -> str | None:
@@ -229,32 +220,22 @@ def check_key(key: str, what: str = "key") -> str:
         raise ConfigError(f"{what} {key!r} is a section, not a key; its keys: {names}")
     close = closest_key(key)
     hint = f"; did you mean {close!r}?" if close else ""
-    raise ConfigError(f"unknown {what} {_printable(key[:200])!r}{hint}")
+    raise ConfigError(f"unknown {what} {printable(key[:200])!r}{hint}")
 
 
-def _describe_error(item: Any) -> str:
-    parts = [str(p) for p in item["loc"] if not isinstance(p, int)]
-    loc = _printable(".".join(parts)[:200])
-    kind = item["type"]
-    if kind == "extra_forbidden":
-        close = closest_key(loc)
-        hint = f"; did you mean {close!r}?" if close else ""
-        return f"unknown key {loc!r}{hint}"
-    got = _SHORT.repr(item.get("input"))
-    section = _SECTIONS.get(".".join(parts))
-    if kind == "model_type" and section is not None:
-        names = list(section.model_fields)
-        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-        return f"{loc}: must be a mapping of {loc} keys ({shown}) (got {got})"
-    msg = _printable(item["msg"].removeprefix("Value error, "))
-    if kind == "string_type" and isinstance(item.get("input"), bool):
-        msg += "; YAML reads unquoted yes/no/on/off/true/false as booleans, so quote the word"
-    return f"{loc or '(top level)'}: {msg} (got {got})"
+def _suggest_key(parts: list[str]) -> str | None:
+    """The valid key an unknown one (its names, list indices left out) most likely meant."""
+    if len(parts) == 2 and parts[0] == "tasks":  # a key of a `tasks:` entry
+        entry_keys = list(TaskEntry.model_fields)
+        close = difflib.get_close_matches(parts[1], entry_keys, n=1, cutoff=0.5)
+        if close:
+            return f"tasks[].{close[0]}"
+    return closest_key(printable(".".join(parts)[:200]))
 
 
 def _format_error(err: ValidationError, source: str) -> str:
     items = err.errors()
-    lines = [_describe_error(item) for item in items[:MAX_REPORTED_ERRORS]]
+    lines = [describe_error(item, RunConfig, _suggest_key) for item in items[:MAX_REPORTED_ERRORS]]
     if len(items) > MAX_REPORTED_ERRORS:
         lines.append(f"and {len(items) - MAX_REPORTED_ERRORS} more problems")
     return f"invalid config {source}: " + "; ".join(lines)
@@ -318,7 +299,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     parts = [getattr(err, "context", None), getattr(err, "problem", None)]
     detail = ", ".join(str(p) for p in parts if p) or str(err).splitlines()[0]
-    return f": not valid YAML{where} ({_printable(detail)})"
+    return f": not valid YAML{where} ({printable(detail)})"
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -10,6 +10,7 @@ shows what there is.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ import yaml
 from softprompt.data.errors import DataError
 from softprompt.tasks.metrics import exact_match
 from softprompt.workflows.report.baseline import METRICS_FILE, predictions_file
+
+logger = logging.getLogger("softprompt")
 
 SPLITS = ("test", "val")
 # Metric names the tasks report; a bank's per-task key is `<task>_<one of these>`.
@@ -97,10 +100,17 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of a file (a torn last line, left by a killed writer, is dropped)."""
+    """JSON objects of a JSON-lines file, one per line; [] when the file is missing.
+
+    A torn last line (left by a killed writer) and lines that hold no JSON object are
+    skipped, with one warning for the file naming the first such line.
+
+    Raises:
+        DataError: a line before the last is not valid JSON.
+    """
     if not path.is_file():
         return []
-    records = []
+    records, skipped = [], []
     lines = path.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -108,12 +118,58 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            if number == len(lines):
-                break
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if number != len(lines):
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            record = None
         if isinstance(record, dict):
             records.append(record)
+        else:
+            skipped.append(number)
+    _warn_skipped(path, skipped, "not a JSON object (a torn or hand-edited line)")
     return records
+
+
+def read_metrics_log(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records, in order; [] when the file is missing.
+
+    Only what a training run writes is kept: JSON objects with a string `event` and an
+    integer `step`. Other lines (torn by a killed writer, hand-edited, another tool's)
+    are skipped anywhere in the file, with one warning naming the file and first line:
+    the log only draws the report's curves, so a bad line never stops a report.
+    """
+    if not path.is_file():
+        return []
+    records, skipped = [], []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if _is_metrics_record(record):
+            records.append(record)
+        else:
+            skipped.append(number)
+    _warn_skipped(path, skipped, "not a metrics record (JSON with an event and a step)")
+    return records
+
+
+def _is_metrics_record(record: Any) -> bool:
+    if not isinstance(record, dict):
+        return False
+    step = record.get("step")
+    whole = isinstance(step, int) and not isinstance(step, bool)
+    return isinstance(record.get("event"), str) and whole
+
+
+def _warn_skipped(path: Path, numbers: list[int], why: str) -> None:
+    """One warning per file for the lines a reader skipped."""
+    if not numbers:
+        return
+    more = f" and {len(numbers) - 1} more" if len(numbers) > 1 else ""
+    logger.warning("%s:%d%s: skipped: %s", path, numbers[0], more, why)
 
 
 def read_run(run_dir: str | Path, label: str = "tuned") -> RunFiles:
@@ -139,7 +195,7 @@ def read_run(run_dir: str | Path, label: str = "tuned") -> RunFiles:
         records = read_jsonl(predictions_file(directory, split))
         if records:
             tuned.predictions[split] = records
-    log = read_jsonl(directory / "metrics.jsonl")
+    log = read_metrics_log(directory / "metrics.jsonl")
     return RunFiles(directory, config or {}, config_text, results, log, tuned)
 
 

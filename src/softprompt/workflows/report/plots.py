@@ -3,6 +3,7 @@ no pyplot state) and saved as PNG files beside the report."""
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from softprompt.artifacts.manifest import write_bytes_atomically
+from softprompt.workflows.report.baseline import REPORT_HINT
 from softprompt.workflows.report.data import Pair, is_number
 from softprompt.workflows.report.examples import resolve_image
 
@@ -18,9 +21,14 @@ RIGHT, WRONG, NEUTRAL = "#1a7f37", "#cf222e", "#57606a"
 COLOURS = {"baseline": "#8c959f", "tuned": "#0969da"}
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI, format="png")
+def _save(figure: Figure, path: Path, **options: Any) -> Path:
+    """The figure as a PNG file: drawn in memory, then written in one piece (a full disk
+    leaves no torn image and one `DiskFullError` line)."""
+    if not options:
+        figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=DPI, format="png", **options)
+    write_bytes_atomically(path, buffer.getvalue(), then=REPORT_HINT)
     return path
 
 
@@ -200,8 +208,7 @@ def comparison_grid(
                 fontsize=8, ha="center", va="top", transform=ax.transAxes, parse_math=False,
             )  # fmt: skip
     figure.subplots_adjust(hspace=0.75)
-    figure.savefig(path, dpi=DPI, format="png", bbox_inches="tight")
-    return path
+    return _save(figure, path, bbox_inches="tight")
 
 
 def printable(text: object) -> str:
