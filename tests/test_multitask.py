@@ -55,11 +55,15 @@ def test_multitask_run_trains_every_prompt_and_reports_each_task(tiny_models, tm
         {"input": "red cat", "task": "colour"},
         {"input": "dog", "task": "count"},
         {"input": "blue", "task": "colour"},
+        {"text": "no input field", "task": "count"},
     ])  # fmt: skip
     assert main(["predict", "--prompt", str(run / "best"), "--input", str(inputs)]) == 0
     records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [r["task"] for r in records] == ["colour", "count", "colour"]
-    assert [r["input"] for r in records] == ["red cat", "dog", "blue"]
+    assert [r["task"] for r in records] == ["colour", "count", "colour", "count"]
+    assert [r.get("input") for r in records] == ["red cat", "dog", "blue", None]
+    # Ids and errors name the user's file and line (records are answered per task).
+    assert [r["id"] for r in records] == [f"in.jsonl:{n}" for n in (1, 2, 3, 4)]
+    assert f"{inputs}:4: missing field 'input'" in records[3]["error"]
 
     assert main(["eval", str(config), "--prompt", str(run / "best"), "--split", "val",
                  "--no-progress", "--loss-only"]) == 0  # fmt: skip

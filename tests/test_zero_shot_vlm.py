@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import colour_images
+from helpers import colour_images, make_config, write_config, write_jsonl
 from serve_helpers import write_prompt
 from tiny_checkpoints import KINDS
 
 from softprompt.backbones.loading import load_backbone
 from softprompt.commands.cli import main
+from softprompt.config.run import load_config
+from softprompt.data.records import VisionExample
+from softprompt.inference.eval_run import load_for_evaluation
 from softprompt.inference.loaded import LoadedModel, zero_shot_task
 from softprompt.tasks.kinds import DEFAULT_INSTRUCTIONS, VisionTask
 
@@ -105,3 +108,17 @@ def test_demo_session_on_the_bare_model_captions_or_answers(tiny_vlms, pngs):
     assert "question" not in session.answer(image, None)
     answered = session.answer(image, "which colour?", adapters=[])
     assert answered["question"] == "which colour?" and "prediction" in answered
+
+
+def test_baseline_answers_as_zero_shot_predict(tiny_vlms, pngs, tmp_path, capsys):
+    model, image = str(tiny_vlms["blip2-opt"]), pngs["red"][0]
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"image_path": str(image), "text": "red"}])
+    raw = make_config(model, {"train": data, "val": data}, tmp_path / "run",
+                      task={"type": "caption", "max_new_tokens": 3})  # fmt: skip
+    config = load_config(write_config(tmp_path / "config.yaml", raw))
+    baseline = load_for_evaluation(config)
+    assert baseline.tuners.states() == {} and baseline.task.type == "caption"
+    code, records, err = predict(["--model", model, "--image", str(image)], capsys)
+    assert code == 0, err
+    answered = baseline.predict([VisionExample(id="red", image_path=str(image), target="")])
+    assert answered[0]["prediction"] == records[0]["prediction"]

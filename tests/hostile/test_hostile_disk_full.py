@@ -14,11 +14,11 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from disk_space import fill
 from helpers import make_config, toy_task, write_config, write_jsonl
 from safetensors import SafetensorError
 
@@ -232,34 +232,6 @@ def test_the_message_names_the_space_needed(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ a real full disk
 
 
-@pytest.fixture
-def tmpfs(tmp_path) -> Path:
-    """A 2 MB tmpfs mounted for the test (root only)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root and mount(8); injected errors cover it")
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the file system holding `directory` up to its last byte."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as handle:
-        for size in (1 << 16, 1 << 12, 1 << 8, 1):
-            try:
-                while True:
-                    handle.write(b"\0" * size)
-            except OSError as err:
-                assert err.errno == errno.ENOSPC
-    return filler
-
-
 def test_a_real_full_disk_during_a_checkpoint(
     trained, tiny_models, data, tmpfs, tmp_path, capsys, monkeypatch
 ):
@@ -293,3 +265,30 @@ def test_a_real_full_disk_during_a_report(trained, tmpfs, capsys):
     line = error_line(main(["report", str(run), "--no-progress"]), capsys.readouterr().err)
     assert str(run / "report") in line and "no space left on device" in line, line
     no_temporaries(run)
+
+
+def test_a_real_full_disk_under_predict(trained, tmpfs, capsys):
+    """Predictions are written whole or not at all; the line names the file."""
+    fill(tmpfs)
+    capsys.readouterr()
+    argv = ["predict", "--prompt", str(trained / "best"), "--text", "red cat"]
+    line = error_line(main([*argv, "--output", str(tmpfs / "out.jsonl"), "--no-progress"]),
+                      capsys.readouterr().err)  # fmt: skip
+    assert f"out.jsonl in {tmpfs}" in line and "needs about" in line, line
+    no_temporaries(tmpfs)
+
+
+def test_a_full_disk_in_an_unguarded_write_is_one_line(tiny_models, data, tmp_path, capsys,
+                                                      monkeypatch):  # fmt: skip
+    """A write no site guards (the run's config.yaml) ends in the CLI's one line too."""
+    from softprompt.train import setup as setup_module
+
+    def no_room(config, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(setup_module, "save_config", no_room)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    config = config_file(tmp_path, tiny_models["gpt2"], data, run, 2)
+    line = error_line(main(["train", str(config), "--no-progress"]), capsys.readouterr().err)
+    assert f"config.yaml in {run}" in line and "no space left on device" in line, line

@@ -8,6 +8,7 @@ import errno
 
 import pytest
 import transformers
+from disk_space import fill
 from helpers import make_config, toy_task, write_config, write_jsonl
 from transformers import AutoModelForCausalLM
 
@@ -124,3 +125,13 @@ def test_output_that_is_a_file_is_refused(lora_bundle, tmp_path, capsys):
     assert export(lora_bundle, target, "--overwrite") == 2
     assert "is a file" in one_line(capsys.readouterr().err)
     assert target.read_text() == "not a directory"
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(lora_bundle, tmpfs, capsys):
+    fill(tmpfs)
+    capsys.readouterr()
+    assert export(lora_bundle, tmpfs / "merged") == 2
+    line = one_line(capsys.readouterr().err)
+    assert "no space left on device" in line.lower() and str(tmpfs) in line, line
+    assert not (tmpfs / "merged").exists()
+    no_leftovers(tmpfs / "merged")

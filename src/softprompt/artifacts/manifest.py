@@ -248,6 +248,8 @@ def disk_full_error(directory: Path, what: str, needed: int, code: int, then: st
         missing = needed - (free or 0)
         ask = f"free at least {human_size(missing)}" if missing > 0 else "free some space"
         advice = f"it needs about {human_size(needed)} free, {shown} is free there: {ask}"
+        if needed <= 0:  # the size of the write is not known
+            advice = f"{shown} is free there: free some space"
     tail = f", then {then}" if then else ""
     return DiskFullError(f"cannot write {what} in {directory}: {reason}; {advice}{tail}")
 

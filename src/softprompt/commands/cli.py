@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 from softprompt.commands import COMMANDS
 from softprompt.commands.common import EXIT_USAGE
@@ -32,6 +34,20 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="transformers")
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _no_room_message(err: Exception) -> str | None:
+    """One line for a write that found its disk full, over quota or read-only, where no
+    caller named what was being written (the write sites that know say more); else None."""
+    from softprompt.artifacts.manifest import disk_full_error, no_room_errno
+
+    code = no_room_errno(err)
+    if code is None:
+        return None
+    target = getattr(err, "filename", None)
+    if not target:
+        return f"a write failed: {os.strerror(code).lower()}; free some space and rerun"
+    return str(disk_full_error(Path(target).parent, Path(target).name, 0, code, ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - only writes that found no room are handled
+        no_room = _no_room_message(err)
+        if no_room is None:
+            raise
+        print(f"error: {no_room}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as stopped:
         # Training has saved a checkpoint by now (see train/interrupt.py); no traceback.

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from softprompt.commands.common import EXIT_USAGE
+from softprompt.commands.common import EXIT_USAGE, port_number
 
 # The embedded VLM prompt `make demo` trains (demo/run_demo.py with this config).
 DEMO_CONFIG = Path("configs/easyvqa_effnet_smollm2.yaml")
 DEMO_RUN_DIR = "runs/easyvqa_effnet_smollm2"
-MAX_PORT = 65535
 
 
 def add_command(sub) -> None:
@@ -42,24 +41,6 @@ def add_command(sub) -> None:
     )
     p.add_argument("--max-new-tokens", type=int)
     p.set_defaults(func=_cmd_demo_ui)
-
-
-def port_number(text: str) -> int:
-    """`--port` as argparse reads it: a whole number 1-65535.
-
-    0 ("any free port") is refused: the page's address would then be known only after it
-    started, and the URL printed for it would be wrong.
-
-    Raises:
-        argparse.ArgumentTypeError: not a number, or outside 1-65535.
-    """
-    try:
-        port = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
-    if not 1 <= port <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number: pick one in 1-{MAX_PORT}")
-    return port
 
 
 def port_problem(host: str, port: int) -> str | None:

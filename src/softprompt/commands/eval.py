@@ -66,6 +66,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(results, indent=2)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text, encoding="utf-8")
+        from softprompt.artifacts.manifest import write_bytes_atomically
+
+        write_bytes_atomically(Path(args.output), text.encode("utf-8"))
     print(text)
     return 0

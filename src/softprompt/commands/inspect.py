@@ -34,6 +34,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json_path:
         path = Path(args.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        from softprompt.artifacts.manifest import write_bytes_atomically
+
+        write_bytes_atomically(path, json.dumps(report, indent=2, ensure_ascii=False).encode())
         print(f"wrote {path}", file=sys.stderr)
     return 0

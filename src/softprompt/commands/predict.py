@@ -152,7 +152,7 @@ def _predict_per_record_task(loaded, args: argparse.Namespace) -> list | None:
     them are answered together, rows of different tasks in mixed batches."""
     import tempfile
 
-    from softprompt.inference.predict_io import split_by_task
+    from softprompt.inference.predict_io import relocate_errors, split_by_task
 
     names = loaded.task_names()
     if args.input is None:
@@ -165,10 +165,10 @@ def _predict_per_record_task(loaded, args: argparse.Namespace) -> list | None:
     with tempfile.TemporaryDirectory() as scratch:
         order, files = split_by_task(args.input, names, Path(scratch))
         read = {}
-        for name, path in files.items():
+        for name, (path, lines) in files.items():
             examples = _read_examples(loaded, args, str(path), name)
             if examples is None:
                 return None
-            read[name] = iter(examples)
+            read[name] = iter(relocate_errors(examples, path, lines, args.input))
     examples = [next(read[name]) for name in order]
     return loaded.predict(examples, args.batch_size, progress=not args.no_progress, tasks=order)

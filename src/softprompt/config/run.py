@@ -290,6 +290,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    if raw is None:
+        # An empty file is a truncated or wrong one far more often than "all defaults".
+        raise ConfigError(
+            f"{path}: the config file is empty (or holds only comments); give at least "
+            "model and data sections (see configs/ for examples), or {} for all defaults"
+        )
     return build_config(raw, overrides, source=str(path))
 
 
@@ -302,11 +308,15 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f": not valid YAML{where} ({printable(detail)})"
 
 
+def config_yaml(config: RunConfig) -> str:
+    """The resolved config (every default made explicit) as YAML text."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def save_config(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved config (every default made explicit) as YAML."""
-    Path(path).write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
+    """Write the resolved config as YAML (a run's own copy is written atomically by
+    train/setup.py)."""
+    Path(path).write_text(config_yaml(config), encoding="utf-8")
 
 
 def config_reference_markdown() -> str:

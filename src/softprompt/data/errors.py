@@ -12,6 +12,7 @@ line number, the field and the fields that were present, e.g.::
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from softprompt.errors import UserError
 
@@ -65,3 +66,12 @@ def check_encodable(text: str, loc: str, field: str) -> str:
             "fix the text or its \\u escape"
         ) from None
     return text
+
+
+def looked_for(path: str | Path) -> Path:
+    """The absolute path a "not found" message names: resolved where it can be, as given
+    otherwise (a symlink loop cannot be resolved, and must not turn into a crash)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(path).absolute()

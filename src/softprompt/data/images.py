@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from softprompt.data.errors import DataError
+from softprompt.data.errors import DataError, looked_for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 """File name endings the folder readers treat as images (compared case-insensitively)."""
@@ -125,7 +125,7 @@ def image_digest(path: str | os.PathLike[str]) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     except FileNotFoundError as e:
-        raise ImageError(f"{path}: image file not found (looked for {Path(path).resolve()})") from e
+        raise ImageError(f"{path}: image file not found (looked for {looked_for(path)})") from e
     except PermissionError as e:
         raise ImageError(f"{path}: permission denied; make the file readable") from e
     except IsADirectoryError as e:
@@ -146,7 +146,7 @@ def _check_file(p: Path) -> None:
     try:
         st = p.stat()
     except FileNotFoundError as e:
-        raise ImageError(f"{p}: image file not found (looked for {p.resolve()})") from e
+        raise ImageError(f"{p}: image file not found (looked for {looked_for(p)})") from e
     except PermissionError as e:
         raise ImageError(f"{p}: permission denied (cannot look into its folder)") from e
     except OSError as e:  # a name too long, a symlink loop, an I/O error

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softprompt.data.errors import looked_for
 from softprompt.data.images import MAX_IMAGE_PIXELS, ImageError, load_image
 
 logger = logging.getLogger(__name__)
@@ -125,5 +126,5 @@ class ImageChecker:
             return None
         p = Path(path)
         if not p.is_file():
-            return f"{path}: image file not found (looked for {p.resolve()})"
+            return f"{path}: image file not found (looked for {looked_for(p)})"
         return None

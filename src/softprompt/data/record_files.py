@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.errors import DataError, where
+from softprompt.data.errors import DataError, looked_for, where
 
 
 @dataclass
@@ -36,7 +36,7 @@ def _read_text(path: str | Path) -> str:
     p = Path(path)
     if not p.is_file():
         what = "is a directory, not a file" if p.is_dir() else "file not found"
-        raise DataError(f"{path}: {what} (looked for {p.resolve()})")
+        raise DataError(f"{path}: {what} (looked for {looked_for(p)})")
     data = p.read_bytes()
     try:
         text = data.decode("utf-8-sig")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.errors import DataError, check_encodable, fields_present
+from softprompt.data.errors import DataError, check_encodable, fields_present, looked_for
 from softprompt.data.record_files import (
     RawRecord,
     _iter_csv,
@@ -71,7 +71,7 @@ def detect_format(path: str) -> str:
         return "hf"
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{path}: file not found (looked for {p.resolve()})")
+        raise DataError(f"{path}: file not found (looked for {looked_for(p)})")
     if p.is_dir():
         if any((p / name).is_file() for name in _SAVE_TO_DISK_MARKERS):
             return "hf_disk"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from softprompt.data.errors import DataError, check_encodable
+from softprompt.data.errors import DataError, check_encodable, looked_for
 from softprompt.data.images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from softprompt.data.load_report import ImageChecker, LoadReport
 from softprompt.data.record_files import RawRecord, _iter_json, _iter_jsonl, _read_text
@@ -90,7 +90,7 @@ def load_image_folder(
     """
     base = Path(root)
     if not base.exists():
-        raise DataError(f"{root}: folder not found (looked for {base.resolve()}); {_LAYOUT_HELP}")
+        raise DataError(f"{root}: folder not found (looked for {looked_for(base)}); {_LAYOUT_HELP}")
     if not base.is_dir():
         raise DataError(f"{root}: is a file, not a folder of class folders; {_LAYOUT_HELP}")
     report = LoadReport()
@@ -359,7 +359,7 @@ def load_vision_examples(
         return _load_builtin(path, task_type, split)
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{path}: not found (looked for {p.resolve()})")
+        raise DataError(f"{path}: not found (looked for {looked_for(p)})")
     if p.is_dir():
         _need_task(path, task_type, ("classify",), "a folder of class folders")
         return _load_folder(p, strict, fields)

@@ -16,7 +16,6 @@ from softprompt.inference.loaded import LoadedModel, default_device, plan_for, t
 from softprompt.inference.plan import InferencePlan, Route
 from softprompt.inference.predict_io import write_records
 from softprompt.tasks.kinds import Task, VisionTask, task_from_config
-from softprompt.tuners.tuner_set import TunerSet
 
 
 def _classes(config: RunConfig) -> list[str] | None:
@@ -31,6 +30,11 @@ def _classes(config: RunConfig) -> list[str] | None:
         if info.get("classes"):
             return info["classes"]
     return None
+
+
+def _config_task(config: RunConfig) -> Task:
+    """The config's task, with its classes for classify."""
+    return task_from_config(config, _classes(config) if config.task.type == "classify" else None)
 
 
 def load_for_evaluation(
@@ -52,17 +56,20 @@ def load_for_evaluation(
 
         set_seed(config.training.seed)
     backbone = backbone_from_config(config, model)
-    bundle = read_bundle(prompt_dir) if prompt_dir else None
-    tuners = tuners_from_bundle(bundle, backbone) if bundle else TunerSet([], backbone)
-    record = bundle.task.get("vision_task") if bundle else None
+    if not prompt_dir:
+        # The same path as zero-shot `predict --model` and the demo UI's baseline column.
+        loaded = LoadedModel.zero_shot(backbone, _config_task(config), encode_settings(config))
+        loaded.set_adapters(adapters or {})
+        return loaded
+    bundle = read_bundle(prompt_dir)
+    tuners = tuners_from_bundle(bundle, backbone)
+    record = bundle.task.get("vision_task")
     task: Task
     if record and config.task.type != "text2text":
         task = VisionTask.from_record(record)
     else:
-        task = task_from_config(
-            config, _classes(config) if config.task.type == "classify" else None
-        )
-    plan = plan_for(tuners, bundle.task if bundle else {})
+        task = _config_task(config)
+    plan = plan_for(tuners, bundle.task)
     if not plan.multitask:
         route = replace(plan.route(), task=task, settings=encode_settings(config))
         plan = plan.with_route(route)

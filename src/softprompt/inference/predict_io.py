@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from softprompt.artifacts.manifest import write_bytes_atomically
 from softprompt.data.errors import DataError
 from softprompt.data.errors import where as location
 from softprompt.data.images import IMAGE_EXTENSIONS
@@ -142,12 +144,14 @@ def _row_id(row: RawRecord) -> str:
     return row.default_id if ident is None or ident == "" else str(ident)
 
 
-def split_by_task(path: str, tasks: list[str], scratch: Path) -> tuple[list[str], dict[str, Path]]:
+def split_by_task(
+    path: str, tasks: list[str], scratch: Path
+) -> tuple[list[str], dict[str, tuple[Path, list[int]]]]:
     """Records of a JSONL/JSON input grouped by their `task` field.
 
     Returns:
-        (each record's task, in input order; task -> a JSONL file of its records under
-        `scratch`, in input order).
+        (each record's task, in input order; task -> (a JSONL file of its records under
+        `scratch`, in input order; the line of `path` each of them came from)).
 
     Raises:
         DataError: an unreadable file, or a record without a known task (names its line).
@@ -169,6 +173,7 @@ def split_by_task(path: str, tasks: list[str], scratch: Path) -> tuple[list[str]
         raise DataError(f"{path}: not JSONL or a JSON array ({err})") from None
     order: list[str] = []
     groups: dict[str, list[str]] = {}
+    lines: dict[str, list[int]] = {}
     for where, row in rows:
         task = _record_task(f"{path}:{where}", row, tasks)
         order.append(task)
@@ -177,22 +182,47 @@ def split_by_task(path: str, tasks: list[str], scratch: Path) -> tuple[list[str]
             # The scratch files live elsewhere: keep image paths relative to this file.
             row = {**row, "image_path": str(source.parent / Path(image).expanduser())}
         groups.setdefault(task, []).append(json.dumps(row, ensure_ascii=False))
+        lines.setdefault(task, []).append(where)
     files = {}
-    for task, lines in groups.items():
+    for task, group in groups.items():
         files[task] = scratch / f"{task}.jsonl"
-        files[task].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return order, files
+        files[task].write_text("\n".join(group) + "\n", encoding="utf-8")
+    return order, {task: (files[task], lines[task]) for task in files}
+
+
+def relocate_errors(examples: list, scratch_file: Path, lines: list[int], source: str) -> list:
+    """Examples read from a `split_by_task` scratch file, their ids and messages naming
+    the user's `source` file and line (`lines`, by scratch line) instead of the scratch
+    file's."""
+    pattern = re.compile(re.escape(str(scratch_file)) + r"(?::(\d+))?")
+    default_id = re.compile(re.escape(scratch_file.name) + r":(\d+)")
+
+    def original(match: re.Match) -> str:
+        number = match.group(1)
+        return f"{source}:{lines[int(number) - 1]}" if number else source
+
+    def relocated(example):
+        changes = {}
+        own = default_id.fullmatch(str(example.id))
+        if own:
+            changes["id"] = f"{Path(source).name}:{lines[int(own.group(1)) - 1]}"
+        if isinstance(example, UnreadableInput):
+            changes["error"] = pattern.sub(original, example.error)
+        return replace(example, **changes) if changes else example
+
+    return [relocated(e) for e in examples]
 
 
 def write_records(records: list[dict[str, Any]], output: str | Path) -> None:
-    """JSONL for .jsonl paths, else one JSON array."""
+    """JSONL for .jsonl paths, else one JSON array; written whole or not at all (a full
+    disk keeps the old file and gives a one-line `DiskFullError`)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".jsonl":
         text = "".join(record_json(r) + "\n" for r in records)
     else:
         text = record_json(records, indent=2)
-    output.write_text(text, encoding="utf-8")
+    write_bytes_atomically(output, text.encode("utf-8"), then="rerun predict")
 
 
 def record_json(value: Any, indent: int | None = None) -> str:

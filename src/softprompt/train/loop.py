@@ -11,7 +11,6 @@ result (up to float rounding).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import resource
 import time
@@ -351,9 +350,7 @@ def write_skipped_inputs(run: Run) -> None:
     """skipped_inputs.json: the unreadable inputs the data readers left out, if any."""
     skipped = run.skipped
     if run.main and skipped and skipped.count:
-        (run.run_dir / "skipped_inputs.json").write_text(
-            json.dumps(skipped.skipped, indent=2), encoding="utf-8"
-        )
+        write_json_atomically(run.run_dir / "skipped_inputs.json", skipped.skipped)
 
 
 def final_test_examples(run: Run) -> list:

@@ -23,9 +23,10 @@ from transformers import get_scheduler
 
 from softprompt.artifacts.bundle import read_bundle
 from softprompt.artifacts.fingerprint import fingerprint
+from softprompt.artifacts.manifest import write_bytes_atomically
 from softprompt.backbones.base import Backbone, EncodeSettings
 from softprompt.backbones.from_config import backbone_from_config, encode_settings
-from softprompt.config.run import ConfigError, RunConfig, TrainingConfig, save_config
+from softprompt.config.run import ConfigError, RunConfig, TrainingConfig, config_yaml
 from softprompt.data.splits import load_split, load_split_with_info
 from softprompt.tasks.kinds import Task, task_from_config
 from softprompt.train.banks import bank_records, load_multitask_data
@@ -405,3 +406,8 @@ def build_tuners(config: RunConfig, backbone) -> TunerSet:
         )
     tuners.log_counts()
     return tuners
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """The run's config.yaml, written whole or not at all (a full disk: one line)."""
+    write_bytes_atomically(path, config_yaml(config).encode("utf-8"))

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from softprompt.artifacts.manifest import write_bytes_atomically
 from softprompt.config.run import ConfigError
 from softprompt.errors import UserError
 from softprompt.train.run_lock import RunLock
@@ -229,6 +230,6 @@ def compare(
         for method in methods:
             folder = output_dir / method.replace("+", "_")
             rows.append(table_row(method, run_method(config, overrides, method, folder)))
-        (output_dir / "compare.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-        (output_dir / "compare.md").write_text(markdown(rows), encoding="utf-8")
+        write_bytes_atomically(output_dir / "compare.json", json.dumps(rows, indent=2).encode())
+        write_bytes_atomically(output_dir / "compare.md", markdown(rows).encode())
     return rows

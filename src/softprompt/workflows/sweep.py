@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from softprompt.artifacts.manifest import write_bytes_atomically
 from softprompt.config.run import ConfigError, RunConfig, check_key, load_config
 from softprompt.train.run_lock import RunLock
 from softprompt.workflows.compare import headline_test_metric, run_training_process, table_row
@@ -280,9 +281,8 @@ def _record_start(cell: Cell, cell_dir: Path) -> bool:
     earlier = _read_json(path) or {}
     resumed = bool(earlier.get("resumed")) or any(cell_dir.glob("checkpoint-*"))
     cell_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"settings": cell.settings, "resumed": resumed}, indent=2), encoding="utf-8"
-    )
+    record = {"settings": cell.settings, "resumed": resumed}
+    write_bytes_atomically(path, json.dumps(record, indent=2).encode())
     return resumed
 
 
@@ -412,8 +412,8 @@ def write_outputs(
         "not_run": result.not_run,
         "stopped": result.stopped,
     }
-    (output_dir / "sweep.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    (output_dir / "sweep.md").write_text(markdown(result), encoding="utf-8")
+    write_bytes_atomically(output_dir / "sweep.json", json.dumps(record, indent=2).encode())
+    write_bytes_atomically(output_dir / "sweep.md", markdown(result).encode())
 
 
 def markdown(result: SweepResult) -> str:
