@@ -56,14 +56,20 @@ def test_multitask_run_trains_every_prompt_and_reports_each_task(tiny_models, tm
         {"input": "dog", "task": "count"},
         {"input": "blue", "task": "colour"},
         {"text": "no input field", "task": "count"},
+        {"input": "no task"},
     ])  # fmt: skip
+    with inputs.open("a") as torn:
+        torn.write('{"input": "torn", "ta\n')
     assert main(["predict", "--prompt", str(run / "best"), "--input", str(inputs)]) == 0
-    records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [r["task"] for r in records] == ["colour", "count", "colour", "count"]
-    assert [r.get("input") for r in records] == ["red cat", "dog", "blue", None]
+    out = capsys.readouterr()
+    records = [json.loads(x) for x in out.out.splitlines()]
+    assert [r["task"] for r in records] == ["colour", "count", "colour", "count", None, None]
+    assert [r.get("input") for r in records] == ["red cat", "dog", "blue", None, None, None]
     # Ids and errors name the user's file and line (records are answered per task).
-    assert [r["id"] for r in records] == [f"in.jsonl:{n}" for n in (1, 2, 3, 4)]
+    assert [r["id"] for r in records] == [f"in.jsonl:{n}" for n in range(1, 7)]
     assert f"{inputs}:4: missing field 'input'" in records[3]["error"]
+    assert "no 'task' field" in records[4]["error"] and f"{inputs}:6" in records[5]["error"]
+    assert '"total": 6, "errors": 3' in out.err
 
     assert main(["eval", str(config), "--prompt", str(run / "best"), "--split", "val",
                  "--no-progress", "--loss-only"]) == 0  # fmt: skip

@@ -14,7 +14,6 @@ from helpers import multitask_config
 from softprompt.commands.cli import main
 from softprompt.config.multitask import task_specs
 from softprompt.config.run import ConfigError, build_config, load_config
-from softprompt.data.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,16 +93,17 @@ def test_train_stops_on_a_missing_task_file_naming_the_task(tiny_models, tmp_pat
 @pytest.mark.parametrize(
     "record", [{"text": "red cat"}, {"text": "red cat", "task": None}, "red cat", [1, 2]]
 )
-def test_bank_record_without_task_says_the_field_is_missing(tmp_path, record):
+def test_bank_record_without_task_is_an_error_record_saying_so(tmp_path, record):
     from softprompt.inference.predict_io import split_by_task
 
     source = tmp_path / "in.jsonl"
     source.write_text(
         json.dumps({"text": "x", "task": "colour"}) + "\n" + json.dumps(record) + "\n"
     )
-    with pytest.raises(DataError) as err:
-        split_by_task(str(source), ["colour", "count"], tmp_path)
-    message = str(err.value)
+    order, files = split_by_task(str(source), ["colour", "count"], tmp_path)
+    assert order[0] == "colour" and list(files) == ["colour"]
+    message = order[1].error  # the record answers alone, with its error
+    assert order[1].id == "in.jsonl:2"
     assert f"{source}:2" in message and "'task'" in message, message
     assert "colour, count" in message and "got None" not in message, message
 

@@ -93,3 +93,16 @@ def test_serve_with_no_prompts_folder_is_one_line(kind, tmp_path, capsys):
     prompts = hostile_path(tmp_path, kind, "prompts")
     code = main(["serve", "--prompts-dir", str(prompts), "--model", str(tmp_path / "none")])
     one_error_line(code, capsys.readouterr().err, "prompts")
+
+
+def test_train_without_training_data_stops_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from softprompt.train import setup as setup_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(setup_module, "_setup_model", no_load)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"training: {{output_dir: {tmp_path / 'run'}}}\n")
+    code = main(["train", str(config), "--no-progress"])
+    one_error_line(code, capsys.readouterr().err, "data.train_path")

@@ -170,5 +170,7 @@ def _predict_per_record_task(loaded, args: argparse.Namespace) -> list | None:
             if examples is None:
                 return None
             read[name] = iter(relocate_errors(examples, path, lines, args.input))
-    examples = [next(read[name]) for name in order]
-    return loaded.predict(examples, args.batch_size, progress=not args.no_progress, tasks=order)
+    # Records that name no task of the bank answer with their error, in their place.
+    examples = [next(read[task]) if isinstance(task, str) else task for task in order]
+    tasks = [task if isinstance(task, str) else None for task in order]
+    return loaded.predict(examples, args.batch_size, progress=not args.no_progress, tasks=tasks)

@@ -146,36 +146,30 @@ def _row_id(row: RawRecord) -> str:
 
 def split_by_task(
     path: str, tasks: list[str], scratch: Path
-) -> tuple[list[str], dict[str, tuple[Path, list[int]]]]:
+) -> tuple[list[str | UnreadableInput], dict[str, tuple[Path, list[int]]]]:
     """Records of a JSONL/JSON input grouped by their `task` field.
 
     Returns:
-        (each record's task, in input order; task -> (a JSONL file of its records under
-        `scratch`, in input order; the line of `path` each of them came from)).
+        (each record's task in input order, or an `UnreadableInput` where a line is torn
+        JSON, not an object or names no task of the bank; task -> (a JSONL file of its
+        records under `scratch`, in input order; the line of `path` each came from)).
 
     Raises:
-        DataError: an unreadable file, or a record without a known task (names its line).
+        DataError: the file cannot be read, or is a JSON array that does not parse.
     """
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
-    stripped = text.lstrip()
-    try:
-        if stripped.startswith("["):
-            rows = [(i + 1, r) for i, r in enumerate(json.loads(stripped))]
-        else:
-            rows = [
-                (n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()
-            ]
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not JSONL or a JSON array ({err})") from None
-    order: list[str] = []
+    order: list[str | UnreadableInput] = []
     groups: dict[str, list[str]] = {}
     lines: dict[str, list[int]] = {}
-    for where, row in rows:
-        task = _record_task(f"{path}:{where}", row, tasks)
+    for where, row in _bank_rows(source):
+        try:
+            if isinstance(row, json.JSONDecodeError):
+                raise DataError(f"{path}:{where}: not a JSON object ({row.msg})")
+            task = _record_task(f"{path}:{where}", row, tasks)
+        except DataError as err:
+            own = row.get("id") if isinstance(row, dict) else None
+            order.append(UnreadableInput(str(own or f"{source.name}:{where}"), str(err)))
+            continue
         order.append(task)
         image = row.get("image_path")
         if isinstance(image, str) and image.strip() and not Path(image).expanduser().is_absolute():
@@ -188,6 +182,29 @@ def split_by_task(
         files[task] = scratch / f"{task}.jsonl"
         files[task].write_text("\n".join(group) + "\n", encoding="utf-8")
     return order, {task: (files[task], lines[task]) for task in files}
+
+
+def _bank_rows(source: Path) -> list[tuple[int, Any]]:
+    """(line or array position, parsed value) of each record; a JSONL line that does not
+    parse is its `JSONDecodeError`, so that it answers alone with an error record."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{source}: cannot read ({err})") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            return [(i + 1, r) for i, r in enumerate(json.loads(stripped))]
+        except json.JSONDecodeError as err:
+            raise DataError(f"{source}: not a JSON array ({err})") from None
+    rows: list[tuple[int, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                rows.append((number, err))
+    return rows
 
 
 def relocate_errors(examples: list, scratch_file: Path, lines: list[int], source: str) -> list:

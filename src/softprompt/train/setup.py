@@ -150,6 +150,9 @@ def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
     checkpoint's random state is restored last.
     """
     t = config.training
+    if not config.tasks and config.data.train_path is None:
+        # Said before the model loads, which can take minutes.
+        raise ConfigError("data.train_path is required for training")
     accelerator = make_accelerator(t)
     run_dir = _setup_run_dir(config, resume, accelerator)
     backbone = _setup_model(config, accelerator)
