@@ -83,3 +83,14 @@ def text_features_from_embeddings(
     if isinstance(model, SiglipModel):
         return tower.head(pooled)
     return model.text_projection(pooled)
+
+
+def class_logits(
+    model: ContrastiveModel, image_features: torch.Tensor, text_features: torch.Tensor
+) -> torch.Tensor:
+    """(images, classes) logits as the model scores image-text pairs: cosine similarity
+    times its learned logit scale (plus SigLIP's logit bias)."""
+    images = image_features / image_features.norm(dim=-1, keepdim=True)
+    texts = text_features / text_features.norm(dim=-1, keepdim=True)
+    logits = model.logit_scale.exp() * images @ texts.t()
+    return logits + model.logit_bias if isinstance(model, SiglipModel) else logits
