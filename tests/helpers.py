@@ -8,8 +8,11 @@ session fixtures.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import random
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -176,3 +179,39 @@ def image_folders(root: Path, per_class: int = 3, classes: Sequence[str] | None 
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(folder / f"{colour}{i}.png")
     return root
+
+
+def png_bytes(size=(8, 8), colour=(200, 30, 30)) -> bytes:
+    """A small solid-colour PNG file's bytes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A small PNG whose header claims a huge size (what a decompression bomb looks like)."""
+    data = bytearray(png_bytes())
+    ihdr = bytearray(data[12:29])  # chunk type + 13 bytes of IHDR data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def toy_run_config(tmp_path: Path, model: str | Path, **training) -> Path:
+    """TMP/config.yaml: a prompt run on the toy task (48 train, 8 val) into TMP/run."""
+    data = {
+        "train": write_jsonl(tmp_path / "data" / "train.jsonl", toy_task(48, seed=1)),
+        "val": write_jsonl(tmp_path / "data" / "val.jsonl", toy_task(8, seed=2)),
+    }
+    raw = make_config(
+        model,
+        data,
+        tmp_path / "run",
+        task={"max_new_tokens": 2},
+        batch_size=8,
+        logging_steps=1,
+        eval_generate=False,
+        **training,
+    )
+    return write_config(tmp_path / "config.yaml", raw)

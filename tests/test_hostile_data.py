@@ -7,17 +7,23 @@ adds the inputs they did not cover and runs the whole set through `softprompt tr
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import image_folders, make_config, prompt_method, toy_task, write_config, write_jsonl
+from helpers import (
+    bomb_png,
+    image_folders,
+    make_config,
+    png_bytes,
+    prompt_method,
+    toy_task,
+    write_config,
+    write_jsonl,
+)
 from PIL import Image
 
 from softprompt.commands.cli import main
@@ -28,22 +34,6 @@ from softprompt.data.vision import load_image_folder, load_image_text_pairs, loa
 
 # Tiny models on a shared 2-core machine run fastest on one thread (see conftest).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def png_bytes(size=(8, 8), colour=(200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A small PNG whose header claims a huge size (what a decompression bomb looks like)."""
-    data = bytearray(png_bytes())
-    ihdr = bytearray(data[12:29])  # chunk type + 13 bytes of IHDR data
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 # ----------------------------------------------------------------------------- images

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_config, toy_task, write_config, write_jsonl
+from helpers import toy_run_config
 
 from softprompt.commands.cli import main
 from softprompt.config.run import ConfigError
@@ -33,30 +33,12 @@ NVT = "method.prompt_tuning.num_virtual_tokens"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def compare_config(tmp_path: Path, model: Path, **training) -> Path:
-    data = {
-        "train": write_jsonl(tmp_path / "data" / "train.jsonl", toy_task(48, seed=1)),
-        "val": write_jsonl(tmp_path / "data" / "val.jsonl", toy_task(8, seed=2)),
-    }
-    raw = make_config(
-        model,
-        data,
-        tmp_path / "run",
-        task={"max_new_tokens": 2},
-        batch_size=8,
-        logging_steps=1,
-        eval_generate=False,
-        **training,
-    )
-    return write_config(tmp_path / "config.yaml", raw)
-
-
 @pytest.mark.parametrize(
     "methods",
     ["prompt,prompt", "prompt+lora,lora+prompt", "prompt, PROMPT ", "lora,prompt,lora"],
 )
 def test_a_method_named_twice_is_refused(tiny_models, tmp_path, capsys, methods):
-    config = compare_config(tmp_path, tiny_models["gpt2"], max_steps=2)
+    config = toy_run_config(tmp_path, tiny_models["gpt2"], max_steps=2)
     capsys.readouterr()  # building the tiny model on first use writes a progress bar
     out = tmp_path / "compare"
     assert main(["compare", str(config), "--methods", methods, "--output-dir", str(out)]) == 2
@@ -131,7 +113,7 @@ FOLDERS = {
 )
 def test_an_interrupted_workflow_exits_cleanly(tiny_models, tmp_path, command, target, signum):
     # Long enough never to finish before the signal; no checkpoint before it.
-    config = compare_config(
+    config = toy_run_config(
         tmp_path, tiny_models["gpt2"], max_steps=5000, save_steps=100000, eval_steps=100000
     )
     out, log = tmp_path / command, tmp_path / f"{command}.log"

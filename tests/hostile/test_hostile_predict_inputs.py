@@ -12,15 +12,12 @@ non-string input, non-object and malformed lines; a bank's per-record tasks.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from helpers import bomb_png, png_bytes
 from serve_helpers import write_prompt
 
 from softprompt.backbones.loading import load_backbone
@@ -29,22 +26,6 @@ from softprompt.commands.cli import main
 from softprompt.tasks.kinds import VisionTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def png_bytes(size=(8, 8), colour=(200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A small PNG whose header claims a huge size."""
-    data = bytearray(png_bytes())
-    ihdr = bytearray(data[12:29])
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 @pytest.fixture(scope="module")

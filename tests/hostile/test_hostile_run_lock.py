@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_config, toy_task, write_config, write_jsonl
+from helpers import toy_run_config
 
 from softprompt.commands.cli import main
 from softprompt.errors import UserError
@@ -42,24 +42,6 @@ def _one_thread_children(monkeypatch):
 def child_env(**extra: str) -> dict[str, str]:
     path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
-
-
-def run_config(tmp_path: Path, model: Path, **training) -> Path:
-    data = {
-        "train": write_jsonl(tmp_path / "data" / "train.jsonl", toy_task(48, seed=1)),
-        "val": write_jsonl(tmp_path / "data" / "val.jsonl", toy_task(8, seed=2)),
-    }
-    raw = make_config(
-        model,
-        data,
-        tmp_path / "run",
-        task={"max_new_tokens": 2},
-        batch_size=8,
-        logging_steps=1,
-        eval_generate=False,
-        **training,
-    )
-    return write_config(tmp_path / "config.yaml", raw)
 
 
 def wait_for(condition, process: subprocess.Popen, log: Path) -> None:
@@ -112,7 +94,7 @@ def stop(process: subprocess.Popen) -> None:
 
 @pytest.mark.parametrize("resume", [[], ["--resume", "auto"]], ids=["fresh", "resume-auto"])
 def test_a_second_train_into_a_running_run_stops_at_once(tiny_models, tmp_path, capsys, resume):
-    config = run_config(tmp_path, tiny_models["gpt2"], epochs=3, save_steps=4)
+    config = toy_run_config(tmp_path, tiny_models["gpt2"], epochs=3, save_steps=4)
     run, log = tmp_path / "run", tmp_path / "first.log"
     first = start_slow_train(config, log)
     try:
@@ -154,7 +136,7 @@ def test_a_lock_file_of_a_dead_process_is_no_lock(tmp_path):
 
 
 def sweep_config(tmp_path: Path, model: Path) -> Path:
-    return run_config(tmp_path, model, max_steps=2)
+    return toy_run_config(tmp_path, model, max_steps=2)
 
 
 def test_a_sweep_cell_another_process_holds_fails_alone(tiny_models, tmp_path, capsys):
