@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import colour_images, toy_task, write_jsonl
-from tiny_checkpoints import KINDS, TEXT_KINDS, build_text_model, build_tiny_clip, build_vlm
+from tiny_checkpoints import (
+    CONTRASTIVE_KINDS,
+    KINDS,
+    TEXT_KINDS,
+    build_contrastive,
+    build_text_model,
+    build_tiny_clip,
+    build_vlm,
+)
 
 
 def _keep_absl_off_captured_streams() -> None:
@@ -91,6 +99,14 @@ def tiny_vlms(tmp_path_factory) -> Mapping[str, Path]:
 def tiny_clip(tmp_path_factory) -> Path:
     """A tiny CLIP vision tower + image processor: the composed VLM's encoder."""
     return build_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_contrastive(tmp_path_factory) -> Mapping[str, Path]:
+    """Directories of a tiny CLIPModel and SiglipModel with tokenizer and image processor
+    (`tiny_checkpoints.CONTRASTIVE_KINDS`), loaded as a hub id would be."""
+    root = tmp_path_factory.mktemp("contrastive")
+    return LazyCheckpoints(CONTRASTIVE_KINDS, lambda kind: build_contrastive(kind, root))
 
 
 @pytest.fixture(scope="session")

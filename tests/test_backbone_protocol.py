@@ -46,6 +46,8 @@ CASES = (
     ("composed", "gpt2"),
     ("blip2", "blip2-opt"),
     ("instructblip", "instructblip-t5"),
+    ("clip", "clip"),
+    ("clip", "siglip"),
 )
 
 
@@ -57,7 +59,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def load(family: str, kind: str, tiny_models, tiny_vlms, tiny_clip):
+def load(family: str, kind: str, tiny_models, tiny_vlms, tiny_clip, tiny_contrastive=None):
+    if family == "clip":
+        return load_backbone(str(tiny_contrastive[kind]), vision=VisionSettings())
     if family in ("causal_lm", "seq2seq"):
         return load_backbone(str(tiny_models[kind]), family)
     if family == "composed":
@@ -75,14 +79,20 @@ def test_the_cases_cover_every_registered_family():
 
 
 @pytest.mark.parametrize(("family", "kind"), CASES)
-def test_family_has_every_capability(family, kind, tiny_models, tiny_vlms, tiny_clip):
-    backbone = load(family, kind, tiny_models, tiny_vlms, tiny_clip)
+def test_family_has_every_capability(
+    family, kind, tiny_models, tiny_vlms, tiny_clip, tiny_contrastive
+):
+    backbone = load(family, kind, tiny_models, tiny_vlms, tiny_clip, tiny_contrastive)
     assert backbone.family == family
     for protocol in CAPABILITIES:
         assert isinstance(backbone, protocol), protocol.__name__
     lm = backbone.lm
     assert isinstance(lm, TextBackbone)
-    if family in ("causal_lm", "seq2seq"):
+    if family == "clip":  # no language model: it is its own text side, with no state
+        assert lm is backbone and backbone.model.config.model_type == kind
+        assert backbone.trainable_modules() == {} and backbone.state_for_save() == {}
+        assert backbone.prompt_cache is None
+    elif family in ("causal_lm", "seq2seq"):
         assert lm is backbone
         assert not isinstance(backbone, VisionLanguageBackbone)
         assert backbone.trainable_modules() == {} and backbone.state_for_save() == {}

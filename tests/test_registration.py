@@ -34,7 +34,7 @@ from softprompt.workflows.compare import METHODS
 def _preset(*enabled: str, reparameterize: str = "none") -> set[str]:
     switches = {
         f"method.{name}.enabled={'true' if name in enabled else 'false'}"
-        for name in ("prompt_tuning", "lora", "full", "prefix_tuning")
+        for name in ("prompt_tuning", "lora", "full", "prefix_tuning", "coop", "cocoop")
     }
     return switches | {f"method.prompt_tuning.reparameterize={reparameterize}"}
 
@@ -47,6 +47,9 @@ def test_method_tables_are_todays():
         "lora",
         "full",
         "prefix_tuning",
+        "coop",
+        "cocoop",
+        "linear_probe",
     )
     assert ADAPTER_ALIASES == {
         "prompt": "prompt",
@@ -55,8 +58,11 @@ def test_method_tables_are_todays():
         "full": "full",
         "prefix": "prefix",
         "prefix_tuning": "prefix",
+        "coop": "coop",
+        "cocoop": "cocoop",
+        "linear_probe": "linear_probe",
     }
-    sections = ["prompt_tuning", "lora", "full", "prefix_tuning"]
+    sections = ["prompt_tuning", "lora", "full", "prefix_tuning", "coop", "cocoop"]
     assert list(MethodConfig.model_fields) == sections
     assert [k for k in _SECTIONS if k.startswith("method.")] == [f"method.{s}" for s in sections]
     assert RunConfig().method.enabled_methods() == ["prompt_tuning"]
@@ -64,7 +70,9 @@ def test_method_tables_are_todays():
 
 
 def test_compare_presets_are_todays():
-    assert list(METHODS) == ["prompt", "lora", "prompt+lora", "full", "residual", "prefix"]
+    assert list(METHODS) == [
+        "prompt", "lora", "prompt+lora", "full", "residual", "prefix", "coop", "cocoop",
+    ]  # fmt: skip
     expected = {
         "prompt": _preset("prompt_tuning"),
         "lora": _preset("lora"),
@@ -72,6 +80,8 @@ def test_compare_presets_are_todays():
         "full": _preset("full"),
         "residual": _preset("prompt_tuning", reparameterize="residual"),
         "prefix": _preset("prefix_tuning"),
+        "coop": _preset("coop"),
+        "cocoop": _preset("cocoop"),
     }
     for name, overrides in METHODS.items():
         assert len(overrides) == len(expected[name]) and set(overrides) == expected[name], name
@@ -80,16 +90,22 @@ def test_compare_presets_are_todays():
 def test_every_spec_is_what_its_module_registers():
     register_tuners()
     saved = {name for spec in tuner_specs() for name in spec.saved}
-    assert saved == {"prompt_tuning", "prompt_bank", "lora", "full", "prefix_tuning"}
+    assert saved == {
+        "prompt_tuning", "prompt_bank", "lora", "full", "prefix_tuning", "coop", "cocoop",
+        "linear_probe",
+    }  # fmt: skip
     assert saved == set(SAVED_TUNERS.names())
     assert {spec.name for spec in tuner_specs()} == set(TUNER_SPECS.names())
 
 
 def test_family_table_is_todays_and_matches_the_classes():
-    assert family_names() == ("causal_lm", "seq2seq", "composed", "blip2", "instructblip")
-    assert [f.name for f in family_specs() if f.vision] == ["composed", "blip2", "instructblip"]
+    families = ("causal_lm", "seq2seq", "composed", "blip2", "instructblip", "clip")
+    assert family_names() == families
+    assert [f.name for f in family_specs() if f.vision] == list(families[2:])
     model_types = {t: f.name for f in family_specs() for t in f.model_types}
-    assert model_types == {"blip-2": "blip2", "instructblip": "instructblip"}
+    assert model_types == {
+        "blip-2": "blip2", "instructblip": "instructblip", "clip": "clip", "siglip": "clip",
+    }  # fmt: skip
     field = RunConfig.model_fields["model"].annotation.model_fields["family"]
     choices, none = typing.get_args(field.annotation)
     assert typing.get_args(choices) == family_names() and none is type(None)
@@ -139,12 +155,12 @@ PLUGIN = {
 
         SPEC = TunerSpec(
             name="scalar_bias",
-            order=70,
+            order=90,
             module="softprompt.tuners.scalar_bias.tuner",
             settings=ScalarBiasSettings,
             adapter="bias",
             aliases=("scalar",),
-            presets=(ComparePreset("prompt+bias", 70, ("prompt_tuning", "scalar_bias")),),
+            presets=(ComparePreset("prompt+bias", 90, ("prompt_tuning", "scalar_bias")),),
         )
         """,
     "tuner.py": """

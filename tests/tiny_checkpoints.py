@@ -26,7 +26,9 @@ from transformers import (
     Blip2ForConditionalGeneration,
     Blip2Processor,
     BlipImageProcessor,
+    CLIPConfig,
     CLIPImageProcessor,
+    CLIPModel,
     CLIPVisionConfig,
     CLIPVisionModel,
     GPT2Config,
@@ -37,6 +39,9 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -301,4 +306,43 @@ def build_tiny_clip(directory: Path) -> Path:
     out = directory / "tiny-clip-vision"
     CLIPVisionModel(tiny_clip_vision_config()).save_pretrained(out)
     tiny_clip_processor().save_pretrained(out)
+    return out
+
+
+CONTRASTIVE_KINDS = ("clip", "siglip")
+_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 2}  # fmt: skip
+
+
+def contrastive_model(kind: str, seed: int = 0):
+    """(a tiny CLIPModel or SiglipModel, its tokenizer, its image processor).
+
+    CLIP's tokenizer keeps spaces out of its tokens and wraps a text in start and end
+    tokens (here BERT's [CLS] / [SEP]); SigLIP's appends </s> (here a T5 tokenizer).
+    """
+    vision = {**_TOWER, "image_size": 32, "patch_size": 8}
+    torch.manual_seed(seed)
+    if kind == "clip":
+        tokenizer = wordpiece_tokenizer()
+        ids = {n: tokenizer.convert_tokens_to_ids(n) for n in ("[CLS]", "[SEP]", "[PAD]")}
+        text = {**_TOWER, "vocab_size": len(tokenizer), "max_position_embeddings": 32,
+                "bos_token_id": ids["[CLS]"], "eos_token_id": ids["[SEP]"],
+                "pad_token_id": ids["[PAD]"]}  # fmt: skip
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+        return model, tokenizer, tiny_clip_processor()
+    tokenizer = train_tokenizer("t5")
+    text = {**_TOWER, "vocab_size": len(tokenizer), "max_position_embeddings": 32,
+            "projection_size": 32}  # fmt: skip
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return model, tokenizer, processor
+
+
+def build_contrastive(kind: str, directory: Path, seed: int = 0) -> Path:
+    """A tiny CLIP or SigLIP with tokenizer and image processor, saved like a hub model."""
+    out = directory / f"tiny-{kind}-{seed}"
+    model, tokenizer, processor = contrastive_model(kind, seed)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
     return out

@@ -162,6 +162,10 @@ class Backbone(FrozenModel, PeftHost, TrainableState, Protocol):
         """What a saved prompt records about the backbone it was trained on."""
         ...
 
+    def bind_task(self, task: Any) -> None:
+        """Use `task` (its classes) for losses that need every class at once."""
+        ...
+
 
 @runtime_checkable
 class TextBackbone(Backbone, Protocol):
@@ -236,6 +240,11 @@ class BackboneBase:
                 f"saved state {sorted(tensors)[:3]} does not fit this {self.family} "
                 "backbone: it has no trainable parts of its own"
             )
+
+    def bind_task(self, task: Any) -> None:
+        """Nothing to do: the task reaches a generative model through its inputs. A family
+        that scores an input against every class's text (CLIP) reads the class words here;
+        training, evaluation and `LoadedModel` bind the task before using the model."""
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -24,12 +24,15 @@ class FamilySpec:
         vision: it takes the vision settings (placement, encoder, projection, cache).
         model_types: the checkpoint `config.model_type` values detected as this family
             (the text families are detected from the config's shape instead).
+        methods: the only methods it trains, for a family no general method fits (CLIP
+            learns class prompts); () takes every method not tied to other families.
     """
 
     name: str
     module: str
     vision: bool = False
     model_types: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
 
 
 FAMILIES: Registry[FamilySpec] = Registry("backbone family")
@@ -68,5 +71,12 @@ for _spec in (
     FamilySpec("composed", _BACKBONES + "composed", vision=True),
     FamilySpec("blip2", _BACKBONES + "blip2", vision=True, model_types=("blip-2",)),
     FamilySpec("instructblip", _BACKBONES + "blip2", vision=True, model_types=("instructblip",)),
+    FamilySpec(
+        "clip",
+        _BACKBONES + "clip",
+        vision=True,
+        model_types=("clip", "siglip"),
+        methods=("coop", "cocoop"),
+    ),
 ):
     register_family(_spec)

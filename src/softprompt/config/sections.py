@@ -67,6 +67,11 @@ class _MethodSections(_Section):
     @model_validator(mode="after")
     def _methods_fit_together(self) -> _MethodSections:
         for spec in METHOD_SPECS:
+            for other in spec.replaces if getattr(self, spec.name).enabled else ():
+                section = getattr(self, other)
+                if "enabled" not in section.model_fields_set:
+                    section.enabled = False
+        for spec in METHOD_SPECS:
             for other, why in spec.conflicts:
                 if getattr(self, spec.name).enabled and getattr(self, other).enabled:
                     raise ValueError(
@@ -140,6 +145,19 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(
         None, description="Disk feature cache directory (default: <output_dir>/feature_cache)."
     )
+    subsample_classes: Literal["all", "base", "new"] = Field(
+        "all",
+        description="classify: CoOp's base-to-novel split: `base` keeps the first half of "
+        "the sorted classes (rounded up), `new` the rest, in every split. A run on `base` "
+        "also scores its test split's `new` classes and reports base, new and their "
+        "harmonic mean (test_hm).",
+    )
+    num_shots: int | None = Field(
+        None,
+        ge=1,
+        description="classify: K training examples per class, drawn with training.seed "
+        "(CoOp's few-shot protocol); validation keeps min(K, 4) per class, test all.",
+    )
 
     @field_validator("feature_cache", mode="before")
     @classmethod
@@ -170,6 +188,22 @@ class TaskConfig(_Section):
     positive_label: str | None = Field(
         None, description="classify with two classes: the class ROC-AUC/AP are computed for."
     )
+    templates: list[str] | None = Field(
+        None,
+        description="classify with CLIP / SigLIP: zero-shot prompt templates, '{}' standing "
+        "for a class's words, e.g. ['a photo of a {}.', 'a blurry photo of a {}.']; several "
+        "are averaged, as CLIP does for ImageNet. Default: ['a photo of a {}.'].",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_name_the_class(cls, value: list[str] | None) -> list[str] | None:
+        for template in value or []:
+            if template.count("{}") != 1 or "{" in template.replace("{}", ""):
+                raise ValueError(f"task.templates: {template!r} needs exactly one '{{}}'")
+        if value is not None and not value:
+            raise ValueError("task.templates: give at least one template, or leave it out")
+        return value
 
 
 class TrainingConfig(_Section):

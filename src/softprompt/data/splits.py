@@ -7,6 +7,7 @@ from typing import Any
 
 from softprompt.config.multitask import is_vision
 from softprompt.config.run import ConfigError, RunConfig
+from softprompt.data.few_shot import few_shot, shots_for, subsample
 from softprompt.data.records import TextExample, VisionExample
 from softprompt.data.text import load_text_examples
 from softprompt.data.vision import load_vision_examples
@@ -17,6 +18,24 @@ def _is_split_source(path: str) -> bool:
     if path.startswith(("builtin:", "hf:")):
         return True
     return (Path(path) / "dataset_dict.json").is_file()
+
+
+def _class_protocol(
+    config: RunConfig, split: str, examples: list[VisionExample], info: dict[str, Any]
+) -> tuple[list[VisionExample], dict[str, Any]]:
+    """`data.subsample_classes` and `data.num_shots` (see `softprompt.data.few_shot`)."""
+    d = config.data
+    classes = info.get("classes") or sorted({e.label for e in examples if e.label})
+    examples, classes = subsample(examples, classes, d.subsample_classes)
+    if d.subsample_classes != "all" and not classes:
+        raise ConfigError(
+            f"data.subsample_classes {d.subsample_classes}: the {split} data has no "
+            f"{d.subsample_classes} classes (it has {len(info.get('classes') or [])} in all)"
+        )
+    shots = shots_for(split, d.num_shots)
+    if shots is not None:
+        examples = few_shot(examples, shots, config.training.seed)
+    return examples, {**info, "classes": classes} if "classes" in info else info
 
 
 def load_split(config: RunConfig, split: str) -> list[TextExample] | list[VisionExample]:
@@ -60,6 +79,8 @@ def load_split_with_info(
         examples, info = load_vision_examples(
             path, task_type=config.task.type, split=source_split, strict=d.strict, **fields
         )
+        if config.task.type == "classify":
+            examples, info = _class_protocol(config, split, examples, info)
         return (examples[:limit] if limit else examples), info
     examples = load_text_examples(
         path,

@@ -142,6 +142,7 @@ def evaluate(
         predicting, the task's metrics. Records: one per example in input order (empty
         when not predicting).
     """
+    backbone.bind_task(task)
     model = backbone.model
     was_training = model.training
     model.eval()

@@ -243,6 +243,7 @@ def score_rows(backbone, tuners, chunk: list[Row]) -> list[dict[str, Any]]:
         prompt_ids += [row.route.prompt_id] * len(targets)
         counts.append(len(targets))
     settings = chunk[0].route.settings
+    backbone.bind_task(chunk[0].route.task)
     batch = backbone.collate(options, settings, with_targets=True)
     batch = move_batch(batch, _device(backbone))
     scores = backbone.sequence_logprobs(batch, rows_prompts(tuners, prompt_ids)).float().cpu()

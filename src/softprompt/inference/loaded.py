@@ -94,6 +94,7 @@ class LoadedModel:
         self.backbone.model.to(self.device)
         self.tuners.to(self.device)
         self.backbone.model.eval()
+        self.backbone.bind_task(self.task)
 
     @classmethod
     def from_bundle(
@@ -159,6 +160,7 @@ class LoadedModel:
     def use_task(self, task: Task) -> None:
         """Answer with `task` from now on (zero-shot: caption or vqa, chosen by input)."""
         self.plan = self.plan.with_route(replace(self.route, task=task))
+        self.backbone.bind_task(task)
 
     def set_adapters(self, states: dict[str, bool]) -> None:
         """Hot switches, e.g. {"prompt": False}: no reload, the next call sees them."""

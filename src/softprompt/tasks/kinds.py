@@ -140,6 +140,7 @@ class VisionTask:
         answers: closed answer list (vqa); None means free generation.
         positive_label: the class ROC-AUC / average precision refer to.
         max_new_tokens: generation length.
+        templates: classify with CLIP: zero-shot templates ('{}': a class's words).
     """
 
     type: str
@@ -150,6 +151,7 @@ class VisionTask:
     answers: list[str] | None = None
     positive_label: str | None = None
     max_new_tokens: int = 16
+    templates: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: RunConfig, classes: list[str] | None = None) -> VisionTask:
@@ -187,6 +189,7 @@ class VisionTask:
             answers=list(t.answers) if t.answers else None,
             positive_label=positive,
             max_new_tokens=t.max_new_tokens,
+            templates=list(t.templates or []),
         )
 
     def to_record(self) -> dict[str, Any]:

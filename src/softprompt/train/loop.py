@@ -32,6 +32,7 @@ from softprompt.inference.execute import EvalOptions, evaluate_plan
 from softprompt.inference.predict_io import write_records
 from softprompt.train.banks import test_examples as tagged_test_examples
 from softprompt.train.banks import training_plan
+from softprompt.train.base_to_novel import novel_test_metrics, wants_novel
 from softprompt.train.checkpoint import prune_checkpoints, rng_state, save_checkpoint
 from softprompt.train.dashboards import show_progress
 from softprompt.train.interrupt import DeferredInterrupt, StopRequested
@@ -373,6 +374,8 @@ def evaluate_best(run: Run) -> dict[str, Any]:
         results.update(best_val_predictions(run))
     if test_examples:
         results.update(evaluate_test_split(run, test_examples))
+        if wants_novel(run):
+            results.update(novel_test_metrics(run, results))
     return results
 
 

@@ -128,7 +128,7 @@ class TrainableParts(nn.Module):
         Args:
             prompt_ids: (B,) each row's prompt in a bank; None: one prompt for all rows.
         """
-        rows = batch["input_ids"].shape[0]
+        rows = len(batch["labels"])  # training batches always have targets
         return self._backbone.loss_sum(batch, self._tuners.prompt_input(rows, prompt_ids))
 
 

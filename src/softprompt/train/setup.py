@@ -48,6 +48,7 @@ from softprompt.train.run_files import (
     save_context,
     save_initial_prompt,
 )
+from softprompt.tuners.spec import family_method_problem
 from softprompt.tuners.tuner_set import TunerSet
 
 logger = logging.getLogger("softprompt")
@@ -241,6 +242,7 @@ def _setup_tuners(
 ) -> tuple[TunerSet, int]:
     """The tuners, a prompt bank's per-prompt task records, and the rows' replica count
     (an ensemble runs each row once per member; 1 otherwise)."""
+    backbone.bind_task(data.task)  # a CLIP model's loss is over the task's classes
     tuners = build_tuners(config, backbone)
     replicas = 1
     if tuners.prompt is not None and tuners.prompt.kind != "single":  # a bank
@@ -401,6 +403,9 @@ def start_fresh(run_dir: Path, overwrite: bool, accelerator: Accelerator) -> Non
 
 def build_tuners(config: RunConfig, backbone) -> TunerSet:
     """The config's tuners; refuses a run in which nothing would train."""
+    problem = family_method_problem(backbone.family, config.method.enabled_methods())
+    if problem:
+        raise ConfigError(problem)
     tuners = TunerSet.from_config(config, backbone)
     if not tuners.trainable():
         raise ConfigError(

@@ -22,7 +22,14 @@ from pydantic import BaseModel
 
 from softprompt.registry import Registry
 
-__all__ = ["TUNER_SPECS", "ComparePreset", "TunerSpec", "register_tuner_spec", "tuner_specs"]
+__all__ = [
+    "TUNER_SPECS",
+    "ComparePreset",
+    "TunerSpec",
+    "family_method_problem",
+    "register_tuner_spec",
+    "tuner_specs",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,11 @@ class TunerSpec:
             says otherwise (so a config's own choice never leaks into a row).
         conflicts: (other method, why) pairs that cannot be enabled together with it.
         check: further validation of the whole `method` section (raises ValueError).
+        families: the backbone families it is for (`FamilySpec.methods` lists it there);
+            () for every family that takes general methods.
+        replaces: methods it switches off by default: enabling it turns them off unless
+            the config sets their `enabled` itself (CoOp replaces the soft prompt, which
+            is on by default).
     """
 
     name: str
@@ -80,6 +92,8 @@ class TunerSpec:
     compare_defaults: tuple[str, ...] = ()
     conflicts: tuple[tuple[str, str], ...] = ()
     check: Callable[[Any], None] | None = None
+    families: tuple[str, ...] = ()
+    replaces: tuple[str, ...] = ()
 
     @property
     def switch_names(self) -> tuple[str, ...]:
@@ -139,6 +153,30 @@ def tuner_specs() -> tuple[TunerSpec, ...]:
     """Every registered method, in build order."""
     _discover()
     return tuple(sorted(_registered(), key=lambda spec: spec.order))
+
+
+def family_method_problem(family: str, methods: list[str]) -> str | None:
+    """Why the enabled `methods` cannot train a `family` backbone (None: they can)."""
+    from softprompt.backbones.spec import FAMILIES
+
+    own = FAMILIES.get(family).methods
+    for name in methods:
+        spec = TUNER_SPECS.get(name)
+        if spec.settings is None:
+            continue  # a backbone's own part (projection), built by the family itself
+        if own and name not in own:
+            wanted = " or ".join(f"method.{m}" for m in own)
+            return (
+                f"a {family} model trains {wanted}; method.{name} is enabled"
+                + (" (it is on by default)" if name == "prompt_tuning" else "")
+                + f": set method.{name}.enabled: false and enable {wanted}"
+            )
+        if spec.families and family not in spec.families:
+            return (
+                f"method.{name} is for {' or '.join(spec.families)} models; this model is "
+                f"a {family} model"
+            )
+    return None
 
 
 def section_specs() -> tuple[TunerSpec, ...]:

@@ -54,11 +54,17 @@ def method_presets() -> dict[str, list[str]]:
 
 # Method name -> config overrides.
 METHODS: dict[str, list[str]] = method_presets()
+# Rows that train nothing: the frozen model with its hard prompt (`softprompt baseline`),
+# and a CLIP run's linear probe (`softprompt linear-probe`); their own commands score them.
+BASELINES: dict[str, str] = {"zero-shot": "baseline", "linear-probe": "linear-probe"}
 
 
 def canonical_method(name: str) -> str | None:
     """A `--methods` entry as its preset's name: case and spaces aside, and the parts of a
     combination in any order (`LoRA+prompt` is `prompt+lora`); None when unknown."""
+    baseline = name.strip().lower().replace("_", "-")
+    if baseline in BASELINES:
+        return baseline
     wanted = sorted(part.strip() for part in name.strip().lower().split("+"))
     for known in METHODS:
         if sorted(known.lower().split("+")) == wanted:
@@ -78,7 +84,7 @@ def parse_methods(text: str) -> list[str]:
     if unknown or not given:
         raise ConfigError(
             f"--methods {text!r}: unknown {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(METHODS)}"
+            f"choose from {', '.join([*BASELINES, *METHODS])}"
         )
     methods: list[str] = []
     for name in given:
@@ -145,6 +151,8 @@ def run_method(config: str, overrides: list[str], method: str, out: Path) -> dic
         TrainingInterrupted: it was stopped by a signal.
     """
     results = out / "all_results.json"
+    if method in BASELINES and not results.is_file():
+        return run_baseline_row(config, overrides, method, out)
     if not results.is_file():
         command = [sys.executable, "-m", "softprompt", "train", config, *overrides]
         command += [*METHODS[method], f"training.output_dir={out}", "--resume", "auto"]
@@ -157,6 +165,55 @@ def run_method(config: str, overrides: list[str], method: str, out: Path) -> dic
                 "trained again"
             )
     return json.loads(results.read_text(encoding="utf-8"))
+
+
+def run_baseline_row(config: str, overrides: list[str], method: str, out: Path) -> dict[str, Any]:
+    """Score a `BASELINES` row with its own command; its results in `train`'s shape.
+
+    Raises:
+        MethodFailed: the command failed.
+    """
+    command = [sys.executable, "-m", "softprompt", BASELINES[method], config, *overrides]
+    if method == "zero-shot":
+        command += ["--output-dir", str(out), "--no-progress"]
+    else:
+        command.append(f"training.output_dir={out}")
+    status = run_training_process(command, stdout=subprocess.DEVNULL)
+    produced = out / ("metrics.json" if method == "zero-shot" else "all_results.json")
+    if status != 0 or not produced.is_file():
+        raise MethodFailed(
+            f"compare: {method!r} failed (softprompt {BASELINES[method]} into {out} exited "
+            f"with status {status}; its error is above)"
+        )
+    results = json.loads(produced.read_text(encoding="utf-8"))
+    if method == "zero-shot":
+        results = zero_shot_results(results, _metric_for_best(config, overrides))
+        write_bytes_atomically(out / "all_results.json", json.dumps(results, indent=2).encode())
+    return results
+
+
+def _metric_for_best(config: str, overrides: list[str]) -> str:
+    from softprompt.config.run import load_config
+
+    return load_config(config, overrides).training.metric_for_best_model
+
+
+def zero_shot_results(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The baseline's metrics.json as a compare row's results: nothing trained, its
+    validation value as the row's best metric."""
+    val, test = metrics.get("val") or {}, metrics.get("test") or {}
+    return {
+        "methods": [],
+        "trainable_parameters": 0,
+        "total_parameters": 0,
+        "train_samples_per_second": None,
+        "peak_memory_mb": None,
+        "metric_for_best_model": metric,
+        "best_metric": val.get(metric.removeprefix("eval_")),
+        "best_step": None,
+        **{f"val_{k}": v for k, v in val.items()},
+        **{f"test_{k}": v for k, v in test.items()},
+    }
 
 
 def table_row(method: str, results: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +243,10 @@ def headline_test_metric(row: dict[str, Any]) -> tuple[str, float] | None:
     return None
 
 
+def _shown(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -204,7 +265,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         best, memory, shown = r["best_metric"], r["peak_memory_mb"], headline_test_metric(r)
         lines.append(
             f"| {r['method']} | {r['trainable_parameters']:,} | {r['trainable_percent']:.3f} | "
-            f"{r['train_samples_per_second']:.2f} | "
+            f"{_shown(r['train_samples_per_second'], '.2f')} | "
             f"{'-' if memory is None else f'{memory:,.0f}'} | "
             f"{'-' if best is None else f'{best:.4f}'} | {r['best_step'] or '-'} | "
             f"{'-' if shown is None else f'{shown[1]:.4f}'} |"

@@ -1,0 +1,1 @@
+"""CoCoOp: CoOp with an image-conditioned context token."""

@@ -1,0 +1,1 @@
+"""CoOp: learned context words of CLIP class prompts."""

@@ -1,0 +1,1 @@
+"""A linear probe on frozen CLIP image features (loaded for prediction)."""
