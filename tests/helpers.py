@@ -181,6 +181,15 @@ def image_folders(root: Path, per_class: int = 3, classes: Sequence[str] | None 
     return root
 
 
+def class_folders(root: Path, classes: Sequence[str], per_class: int = 2) -> Path:
+    """`root/<class>/*.png` for any even number of classes (colours alternate)."""
+    if len(classes) % 2:
+        raise ValueError("class_folders takes an even number of classes (two colours)")
+    for start in range(0, len(classes), 2):
+        image_folders(root, per_class, classes[start : start + 2])
+    return root
+
+
 def png_bytes(size=(8, 8), colour=(200, 30, 30)) -> bytes:
     """A small solid-colour PNG file's bytes."""
     buffer = io.BytesIO()

@@ -25,7 +25,7 @@ from softprompt.config.run import ConfigError, build_config
 from softprompt.data.splits import load_split
 from softprompt.inference.loaded import LoadedModel, default_device
 from softprompt.train.loop import train
-from softprompt.tuners.spec import section_specs
+from softprompt.tuners.spec import family_method_problem, section_specs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BATCH = 4
@@ -68,6 +68,10 @@ def registered_families() -> list[str]:
 
 def expected_refusal(case: str, family: str) -> tuple[type[Exception], str] | None:
     """The error and reason the code gives for a combination it does not support."""
+    method = VARIANTS.get(case, (case, {}))[0]
+    problem = family_method_problem(family, [method])
+    if problem:  # a method tied to other families (CoOp: CLIP), or a family's own list
+        return ConfigError, re.escape(problem)
     if case == "qlora":
         # Checked before any model loads; where bitsandbytes cannot run here, every
         # QLoRA case stops with this reason.
@@ -107,6 +111,8 @@ def family_setup(family: str, models: Mapping[str, Mapping[str, Path]], root: Pa
                 "task": {"max_new_tokens": 3}}  # fmt: skip
     if family in vlm:
         return {"model": models["vlm"][vlm[family]], "data": images, "task": classify}
+    if family == "clip":
+        return {"model": models["contrastive"]["clip"], "data": images, "task": classify}
     assert family == "composed", f"family {family!r} has no tiny model in test_matrix.py"
     return {
         "model": models["text"]["gpt2"],
@@ -122,8 +128,9 @@ def answers(records: list[dict]) -> list[tuple]:
 
 
 @pytest.fixture
-def models(tiny_models, tiny_vlms, tiny_clip) -> dict[str, Mapping[str, Path]]:
-    return {"text": tiny_models, "vlm": tiny_vlms, "clip": {"clip": tiny_clip}}
+def models(tiny_models, tiny_vlms, tiny_clip, tiny_contrastive) -> dict[str, Mapping[str, Path]]:
+    return {"text": tiny_models, "vlm": tiny_vlms, "clip": {"clip": tiny_clip},
+            "contrastive": tiny_contrastive}  # fmt: skip
 
 
 @pytest.mark.parametrize("family", registered_families())

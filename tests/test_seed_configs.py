@@ -1,4 +1,5 @@
-"""The seed jobs' configs (configs/seed00*.yaml) train for two steps.
+"""The seed jobs' configs (configs/seed00*.yaml, and configs/clip_coop_*.yaml: seed 000's
+task and CoOp's few-shot protocol on CLIP) train for two steps.
 
 Each config is loaded as shipped; then only what a test machine cannot have is swapped:
 the hub model for a tiny one of the same family, the data for a few generated records
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import colour_images, image_folders, toy_task, write_jsonl
+from helpers import class_folders, colour_images, image_folders, toy_task, write_jsonl
 from safetensors.torch import load_file
 
 from softprompt.config.run import RunConfig, build_config, load_config
@@ -28,6 +29,8 @@ SEEDS = (
     "seed002_flan_t5_prompt_on_lora",
     "seed003_t5_summarization",
     "seed004_blip2_qlora_vqav2",
+    "clip_coop_ai_detection",
+    "clip_coop_fewshot",
 )
 
 # Tiny models on a shared 2-core machine run fastest on one thread (see conftest).
@@ -96,6 +99,16 @@ def seed_changes(name: str, config: RunConfig, tmp: Path, models: dict) -> dict[
         models: the session's "text" (tiny_models), "vlm" (tiny_vlms) and "clip" (tiny_clip).
     """
     tiny_models, tiny_vlms = models["text"], models["vlm"]
+    if name.startswith("clip_coop"):
+        classes = sorted(config.task.labels or ["ant", "bee", "cat", "dog"])
+        return {
+            "model.name_or_path": str(models["contrastive"]["clip"]),
+            **{
+                f"data.{key}": str(class_folders(tmp / "images" / key, classes))
+                for key in ("train_path", "val_test_path", "test_path")
+                if getattr(config.data, key)
+            },
+        }
     if name.startswith("seed000"):
         classes = sorted(config.task.labels)  # ai, nature
         return {
@@ -161,7 +174,9 @@ def short_run(out: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", SEEDS)
-def test_seed_config_trains_two_steps(name, tiny_models, tiny_vlms, tiny_clip, tmp_path):
+def test_seed_config_trains_two_steps(
+    name, tiny_models, tiny_vlms, tiny_clip, tiny_contrastive, tmp_path
+):
     path = CONFIGS / f"{name}.yaml"
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == f"# softprompt train configs/{name}.yaml"
@@ -169,7 +184,8 @@ def test_seed_config_trains_two_steps(name, tiny_models, tiny_vlms, tiny_clip, t
     config = load_config(path)
     shipped = config.model_copy(deep=True)
     out = tmp_path / "run"
-    models = {"text": tiny_models, "vlm": tiny_vlms, "clip": tiny_clip}
+    models = {"text": tiny_models, "vlm": tiny_vlms, "clip": tiny_clip,
+              "contrastive": tiny_contrastive}  # fmt: skip
     changes = seed_changes(name, config, tmp_path, models)
     config = with_changes(config, {**changes, **short_run(out)})
     # What the test keeps as written: the method settings (QLoRA's 4 bits included).
@@ -189,6 +205,8 @@ def test_seed_config_trains_two_steps(name, tiny_models, tiny_vlms, tiny_clip, t
         assert by_method["lora"] == 0 and by_method["prompt_tuning"] > 0
     if name.startswith("seed003"):  # the test split is scored with the best prompt
         assert "test_rougeL" in results
+    if name == "clip_coop_fewshot":  # base-to-novel: the new classes are scored too
+        assert results["test_new_labels"] == ["cat", "dog"] and "test_hm" in results
     if name.startswith("seed004"):  # QLoRA: gradients reached LoRA through 4-bit layers
         lora = load_file(str(out / "best" / "lora" / "adapter_model.safetensors"))
         assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)

@@ -12,7 +12,9 @@ from softprompt.backbones.base import BACKBONES, Backbone
 from softprompt.backbones.embedded import resolve_embedded
 from softprompt.backbones.spec import FAMILIES, family_specs
 from softprompt.backbones.vision_base import VisionSettings
+from softprompt.config.errors import ConfigError
 from softprompt.errors import UserError
+from softprompt.tuners.spec import family_method_problem
 
 # Composed VLMs that ship inside packages: name -> (vision encoder, language model).
 EMBEDDED_VLMS = {"embedded:effnet-smollm2": ("embedded:effnet-lite0", "embedded:smollm2-135m")}
@@ -102,6 +104,9 @@ def _quantization(bits: int, family: str, dtype: str):
     """bitsandbytes settings for QLoRA, refusing families it cannot load that way."""
     from softprompt.backbones.quantization import bnb_config
 
+    problem = family_method_problem(family, ["lora"])
+    if problem:  # said before bitsandbytes loads a model that could not train anyway
+        raise ConfigError(problem)
     if family == "composed":
         raise ModelLoadError(
             "method.lora.quantization_bit: composed models load their parts from several "

@@ -33,5 +33,7 @@ class CoopSettings(BaseModel):
         "end", description="Where the class name goes in the prompt (CLASS_TOKEN_POSITION)."
     )
     learning_rate: float = Field(
-        0.002, gt=0, description="Learning rate of the context (CoOp trains with SGD at 0.002)."
+        0.002,
+        gt=0,
+        description="Learning rate of the context (CoOp uses 0.002 with SGD; runs here train with AdamW).",
     )
