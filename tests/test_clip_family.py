@@ -188,6 +188,7 @@ def test_training_learns_resumes_exactly_and_round_trips(tiny_contrastive, tmp_p
     train(parts)
     parts.training.max_steps = 9
     train(parts, resume="auto")
+    assert len(losses(tmp_path / "parts")) == 9  # 6, then 3 more from checkpoint-6
     weights = f"{method}/class_prompt.safetensors"
     from safetensors.torch import load_file
 
@@ -206,10 +207,18 @@ def test_training_learns_resumes_exactly_and_round_trips(tiny_contrastive, tmp_p
     assert metrics["accuracy"] == results["test_accuracy"]
 
 
-def test_a_class_prompt_onto_another_clip_is_refused(tiny_contrastive, tmp_path):
+def test_a_class_prompt_onto_another_clip_or_other_settings_is_refused(tiny_contrastive, tmp_path):
     from tiny_checkpoints import build_contrastive
 
-    train(load_config(run_config(tiny_contrastive, tmp_path, "run")))
+    config = load_config(run_config(tiny_contrastive, tmp_path, "run"))
+    train(config)
+    config.training.max_steps = 12
+    config.method.coop.n_ctx = 6
+    with pytest.raises(Exception, match=r"ctx has shape \(4, 32\), this model's is \(6, 32\)"):
+        train(config, resume="auto")
+    config.method.coop.enabled, config.method.cocoop.enabled = False, True
+    with pytest.raises(Exception, match="the methods is coop .* cocoop"):
+        train(config, resume="auto")
     other = build_contrastive("clip", tmp_path / "other", seed=1)
     with pytest.raises(Exception, match="different embedding"):
         LoadedModel.from_bundle(tmp_path / "run" / "best", model=str(other), device="cpu")

@@ -274,7 +274,7 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(files, dict):
         raise CheckpointError(f"{state_path}: damaged (no checksums of the checkpoint's files)")
     missing = [name for name in REQUIRED_FILES if name not in files]
-    if not any(str(name).rsplit("/", 1)[-1] in WEIGHT_NAMES for name in files):
+    if not any(_holds_weights(str(name)) for name in files):
         missing.insert(0, WEIGHTS_FILE)
     if missing and "optimizer.pt" not in files:  # checkpoints from before safetensors state
         raise CheckpointError(f"{state_path}: damaged (no checksum for {', '.join(missing)})")
@@ -290,6 +290,14 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
         if not file.is_file() or sha256_file(file) != digest:
             raise CheckpointError(f"{file}: missing or does not match its checksum")
     return payload
+
+
+def _holds_weights(name: str) -> bool:
+    """Whether a checkpoint file holds trained weights: PEFT's and full fine-tuning's
+    names, or any other adapter's safetensors (a class prompt, a linear probe)."""
+    if name in REQUIRED_FILES or name.startswith("rng_state"):
+        return False
+    return name.rsplit("/", 1)[-1] in WEIGHT_NAMES or name.endswith(".safetensors")
 
 
 def find_latest_checkpoint(run_dir: Path) -> Path | None:
