@@ -33,10 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from softprompt.artifacts.bank import read_bank_meta
 from softprompt.artifacts.manifest import room_for, tree_bytes
-from softprompt.artifacts.prompt_dir import WEIGHTS_FILE, load_prompt, sha256_file
-from softprompt.artifacts.saved import Bundle
+from softprompt.artifacts.prompt_dir import WEIGHTS_FILE, sha256_file
 from softprompt.errors import UserError
 from softprompt.paths import UnsafeNameError, check_name, is_inside
 from softprompt.train.state_files import StateFileError, load_state, save_state
@@ -58,16 +56,6 @@ _WRITING, _DELETING, _SET_ASIDE = ".tmp-", ".del-", ".old-"
 
 # What to do once a failed checkpoint write has room again.
 RESUME_HINT = "rerun with --resume auto to continue from the last complete checkpoint"
-# What to do with a checkpoint of another run.
-FRESH_HINT = (
-    "resume with the config it was written with, or start afresh in another "
-    "training.output_dir (or with training.overwrite_output_dir=true)"
-)
-# The task fields a resumed run must share with its checkpoint (lengths and generation
-# settings may change); a vision task's record is compared field by field as well.
-TASK_KEYS = ("type", "template", "input_field")
-VISION_TASK_KEYS = ("type", "template", "instruction", "classes", "label_words", "answers")
-
 logger = logging.getLogger("softprompt")
 
 
@@ -412,97 +400,3 @@ def prune_checkpoints(run_dir: Path, keep: int | None) -> None:
     )
     for _, path in found[:-keep]:
         _remove_hidden(path)
-
-
-def check_fits_run(path: Path, bundle: Bundle, tuners, context: dict[str, Any]) -> None:
-    """Refuse a checkpoint of another run, as `predict` refuses a prompt of another model.
-
-    What the checkpoint's adapters record (manifest and weights) is compared with this
-    run: the base model's family and fingerprint, the methods, the prompts' shapes and
-    the task. A checkpoint recording no fingerprint (written by an early version) is
-    checked for the rest, with a warning that its base model cannot be.
-
-    Args:
-        bundle: `read_bundle(path)`; tuners: this run's, not loaded yet.
-        context: what this run's adapters record (`run_files.save_context`).
-
-    Raises:
-        CheckpointError: naming the checkpoint, the field, both values and what to do.
-    """
-    _check_base_model(path, bundle.meta, context)
-    found = {name: adapter.method for name, adapter in bundle.adapters.items()}
-    wanted = {t.adapter: t.saved_method for t in tuners.tuners if t.adapter}
-    if found != wanted:
-        raise _mismatch(path, "the methods", _listed(found), _listed(wanted))
-    prompt = tuners.prompt
-    if prompt is not None and prompt.kind != "single":
-        _check_bank(path, bundle.adapters["prompt"].path, prompt)
-    elif prompt is not None and bundle.prompt is not None:
-        shapes = _shape(bundle.prompt.weight), _shape(prompt.weight)
-        _compare(path, "the prompt's shape (num_virtual_tokens x width)", *shapes)
-    if prompt is None or prompt.kind != "tasks":  # a multi-task bank's tasks are its members'
-        _check_task(path, "task", bundle.task, context.get("task") or {})
-
-
-def _mismatch(path: Path, field: str, found: Any, expected: Any) -> CheckpointError:
-    return CheckpointError(
-        f"checkpoint {path} is of another run: {field} is {found} there, {expected} in this "
-        f"run; {FRESH_HINT}"
-    )
-
-
-def _compare(path: Path, field: str, found: Any, expected: Any) -> None:
-    if found != expected:
-        raise _mismatch(path, field, found, expected)
-
-
-def _listed(methods: dict[str, str]) -> str:
-    return ", ".join(f"{name} ({method})" for name, method in sorted(methods.items())) or "none"
-
-
-def _shape(weight: torch.Tensor) -> str:
-    return " x ".join(str(n) for n in weight.shape)
-
-
-def _check_base_model(path: Path, meta: dict[str, Any], context: dict[str, Any]) -> None:
-    if meta.get("family") is not None:
-        _compare(path, "the model family", meta["family"], context["family"])
-    recorded, ours = meta.get("fingerprint"), context["fingerprint"]
-    if not isinstance(recorded, dict) or not recorded:
-        logger.warning("%s records no base-model fingerprint: its base model is not checked", path)
-        return
-    for key in ("hidden_size", "embedding", "tokenizer"):
-        if recorded.get(key) is not None and recorded[key] != ours.get(key):
-            raise _mismatch(
-                path,
-                f"the base model's fingerprint.{key}",
-                f"{recorded[key]} ({meta.get('base_model') or 'unknown base model'})",
-                f"{ours.get(key)} ({context['base_model']})",
-            )
-
-
-def _check_bank(path: Path, directory: Path, bank) -> None:
-    """A bank's kind, member names, each member's shape and (multi-task) task."""
-    try:
-        meta = read_bank_meta(directory)
-    except UserError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    _compare(path, "the prompt bank's kind", meta.get("kind", "tasks"), bank.kind)
-    _compare(path, "the bank's prompts", ", ".join(meta["members"]), ", ".join(bank.names))
-    for name, entry in meta["members"].items():
-        found = _shape(load_prompt(Path(directory) / name).weight)
-        _compare(path, f"prompt {name!r}'s shape", found, _shape(bank.members[name].weight))
-        if bank.kind == "tasks":
-            _check_task(path, f"task {name!r}", entry.get("task") or {}, bank.records.get(name))
-
-
-def _check_task(path: Path, what: str, found: dict[str, Any], expected: dict | None) -> None:
-    """The fields of TASK_KEYS (and a vision task's VISION_TASK_KEYS) that both record."""
-    expected = expected or {}
-    pairs = [(f"{what} {k}", found, expected, k) for k in TASK_KEYS]
-    vision, ours = found.get("vision_task"), expected.get("vision_task")
-    if isinstance(vision, dict) and isinstance(ours, dict):
-        pairs += [(f"{what} vision_task.{k}", vision, ours, k) for k in VISION_TASK_KEYS]
-    for field_name, theirs, mine, key in pairs:
-        if key in theirs and key in mine:  # an early checkpoint may lack some
-            _compare(path, field_name, repr(theirs[key]), repr(mine[key]))

@@ -33,13 +33,13 @@ from softprompt.train.banks import bank_records, load_multitask_data
 from softprompt.train.checkpoint import (
     CheckpointError,
     TrainState,
-    check_fits_run,
     find_latest_checkpoint,
     load_checkpoint,
     validate_checkpoint,
 )
 from softprompt.train.interrupt import DeferredInterrupt
 from softprompt.train.parallel import TrainableParts, make_accelerator
+from softprompt.train.resume_fit import check_fits_run
 from softprompt.train.run_files import (
     MetricsLog,
     clear_earlier_run,
