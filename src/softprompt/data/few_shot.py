@@ -28,17 +28,6 @@ def class_subset(classes: list[str], subset: str) -> list[str]:
     return {"all": ordered, "base": ordered[:half], "new": ordered[half:]}[subset]
 
 
-def subsample(
-    examples: list[VisionExample], classes: list[str], subset: str
-) -> tuple[list[VisionExample], list[str]]:
-    """The examples of the subset's classes, and those classes."""
-    if subset == "all":
-        return examples, classes
-    kept = class_subset(classes, subset)
-    wanted = set(kept)
-    return [e for e in examples if e.label in wanted], kept
-
-
 def shots_for(split: str, num_shots: int | None) -> int | None:
     """Examples per class a split keeps: K for training, min(K, 4) for validation."""
     if num_shots is None or split == "test":

@@ -7,10 +7,11 @@ from typing import Any
 
 from softprompt.config.multitask import is_vision
 from softprompt.config.run import ConfigError, RunConfig
-from softprompt.data.few_shot import few_shot, shots_for, subsample
+from softprompt.data.errors import DataError
+from softprompt.data.few_shot import class_subset, few_shot, shots_for
 from softprompt.data.records import TextExample, VisionExample
 from softprompt.data.text import load_text_examples
-from softprompt.data.vision import load_vision_examples
+from softprompt.data.vision import load_image_folder, load_vision_examples
 
 
 def _is_split_source(path: str) -> bool:
@@ -25,17 +26,34 @@ def _class_protocol(
 ) -> tuple[list[VisionExample], dict[str, Any]]:
     """`data.subsample_classes` and `data.num_shots` (see `softprompt.data.few_shot`)."""
     d = config.data
-    classes = info.get("classes") or sorted({e.label for e in examples if e.label})
-    examples, classes = subsample(examples, classes, d.subsample_classes)
-    if d.subsample_classes != "all" and not classes:
-        raise ConfigError(
-            f"data.subsample_classes {d.subsample_classes}: the {split} data has no "
-            f"{d.subsample_classes} classes (it has {len(info.get('classes') or [])} in all)"
-        )
+    own = info.get("classes") or sorted({e.label for e in examples if e.label})
+    if d.subsample_classes != "all":
+        # The halves are the training classes' (the dataset's label set, as CoOp's), so
+        # a split that lacks a class does not shift them.
+        universe = set(own) if split == "train" else set(own) | set(_training_classes(config))
+        wanted = set(class_subset(sorted(universe), d.subsample_classes))
+        examples = [e for e in examples if e.label in wanted]
+        own = [c for c in own if c in wanted]
+        if not own:
+            raise ConfigError(
+                f"data.subsample_classes {d.subsample_classes}: the {split} data has no "
+                f"{d.subsample_classes} classes ({', '.join(sorted(wanted)) or 'none'})"
+            )
     shots = shots_for(split, d.num_shots)
     if shots is not None:
         examples = few_shot(examples, shots, config.training.seed)
-    return examples, {**info, "classes": classes} if "classes" in info else info
+    return examples, ({**info, "classes": own} if "classes" in info else info)
+
+
+def _training_classes(config: RunConfig) -> list[str]:
+    """The class folders of `data.train_path` ([] when it is not a folder of them)."""
+    path = config.data.train_path
+    if not path or not Path(path).is_dir():
+        return []
+    try:
+        return load_image_folder(path, check_images=False)[1]
+    except DataError:
+        return []
 
 
 def load_split(config: RunConfig, split: str) -> list[TextExample] | list[VisionExample]:
