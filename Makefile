@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_generate_reuse.py
 	$(PY) bench/bench_bank.py
 	$(PY) bench/bench_serve.py
+	$(PY) bench/bench_coop.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo tools
