@@ -300,11 +300,11 @@ class ClipBackbone(BackboneBase):
         CLIP's class probability. Each distinct image and text is scored once."""
         self._refuse_prompt(prompt)
         paths, texts = batch["image_paths"], batch["texts"]
-        unique_paths = list(dict.fromkeys(paths))
-        names = tuple(dict.fromkeys(texts))
-        scores = self.score_matrix(self.image_features(unique_paths), names)
-        rows = torch.tensor([unique_paths.index(p) for p in paths])
-        cols = torch.tensor([names.index(t) for t in texts])
+        row_of = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+        col_of = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+        scores = self.score_matrix(self.image_features(list(row_of)), tuple(col_of))
+        rows = torch.tensor([row_of[p] for p in paths])
+        cols = torch.tensor([col_of[t] for t in texts])
         return scores[rows.to(scores.device), cols.to(scores.device)]
 
     def generate(self, batch: dict[str, Any], prompt: PromptInput | None, max_new_tokens: int,
