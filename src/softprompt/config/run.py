@@ -68,6 +68,17 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _sharding_without_quantization(self) -> RunConfig:
+        # FSDP all-gathers plain tensors; bitsandbytes' packed 4/8-bit weights are not.
+        if self.training.sharding == "fsdp" and self.method.lora.quantization_bit:
+            raise ValueError(
+                "training.sharding: fsdp with method.lora.quantization_bit: sharding "
+                "bitsandbytes' quantized weights is not supported; train QLoRA with "
+                "training.sharding: none (its 4-bit base already fits where a bf16 one does not)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _best_metric_is_computed(self) -> RunConfig:
         # Caught here, not at the first evaluation after minutes of training.
         metric = self.training.metric_for_best_model.removeprefix("eval_")

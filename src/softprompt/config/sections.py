@@ -278,6 +278,14 @@ class TrainingConfig(_Section):
         "frozen weights in bfloat16).",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    sharding: Literal["none", "fsdp"] = Field(
+        "none",
+        description="none: every process holds the whole model (data parallel); fsdp: "
+        "each transformer block that trains or holds LoRA is sharded over the processes "
+        "(FSDP2), its weights, gradients and optimizer state split between them; the "
+        "rest of what trains (prompts, projections, embeddings) is replicated. Checkpoints "
+        "and best/ are saved whole, so a run resumes under any process count.",
+    )
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for init, data order and dropout.")
 
     @field_validator("report_to", mode="before")

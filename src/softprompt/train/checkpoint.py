@@ -186,6 +186,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler,
     rng_states: list[RngState] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write `run_dir/checkpoint-{step}` atomically.
 
@@ -193,6 +194,8 @@ def save_checkpoint(
         write_adapters: callable(directory) writing the trained adapters (a bundle).
         rng_states: every process's `rng_state()`, in process order (default: this
             process's alone).
+        optimizer_state: the state to save (default: `optimizer.state_dict()`); a sharded
+            run passes its gathered, whole state.
     """
     remove_stale_temporaries(run_dir)
     final = run_dir / f"checkpoint-{state.global_step}"
@@ -207,7 +210,9 @@ def save_checkpoint(
     # A full disk: the partial copy goes, the last complete checkpoint stays as it was.
     with room_for(run_dir, final.name, needed, cleanup=[tmp], then=RESUME_HINT):
         tmp.mkdir(parents=True)
-        _write_checkpoint_files(tmp, state, write_adapters, optimizer, scheduler, rng_states)
+        if optimizer_state is None:
+            optimizer_state = optimizer.state_dict()
+        _write_checkpoint_files(tmp, state, write_adapters, optimizer_state, scheduler, rng_states)
     if final.exists():
         # Re-saving a step (e.g. Ctrl-C right after a resume): the old copy goes hidden first.
         _remove_hidden(final)
@@ -217,11 +222,11 @@ def save_checkpoint(
 
 
 def _write_checkpoint_files(
-    tmp: Path, state: TrainState, write_adapters, optimizer, scheduler, rng_states
+    tmp: Path, state: TrainState, write_adapters, optimizer_state, scheduler, rng_states
 ) -> None:
     """Every file of a checkpoint into `tmp`, trainer_state.json (the checksums) last."""
     write_adapters(tmp)
-    save_state(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    save_state(optimizer_state, tmp / OPTIMIZER_FILE)
     save_state(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     for index, (rng_tensors, rng_info) in enumerate(rng_states):
         tensor_file, info_file = _rng_files(index)

@@ -80,9 +80,10 @@ def train_step(run: Run, step: list[int]) -> tuple[float, int]:
                 loss_sum, _ = run.parts(batch, ids)
             acc.backward(loss_sum * (weight * scale))
         loss_total += weight * float(loss_sum.detach())
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    run.sharding.sync_gradients(params)
     if run.training.max_grad_norm is not None:
-        params = [p for group in run.optimizer.param_groups for p in group["params"]]
-        acc.clip_grad_norm_(params, run.training.max_grad_norm)
+        run.sharding.clip_grad_norm(acc, params, run.training.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -132,6 +133,11 @@ def evaluate_run(run: Run, epoch_float: float) -> bool:
     """Evaluate on the validation split, update best/; True when early stopping triggers."""
     if not run.val_examples:
         return False
+    with run.sharding.gathered():  # whole weights: evaluation, and best/ below
+        return _evaluate_gathered(run, epoch_float)
+
+
+def _evaluate_gathered(run: Run, epoch_float: float) -> bool:
     t, state = run.training, run.state
     metrics = evaluate_split(run, run.val_examples, t.eval_generate)
     record = {"event": "eval", "step": state.global_step, "epoch": round(epoch_float, 4)}
@@ -159,11 +165,14 @@ def evaluate_run(run: Run, epoch_float: float) -> bool:
 def save_run_checkpoint(run: Run) -> None:
     """Collective: every process calls it at the same step (a stop is agreed first)."""
     rng_states = gather_object([rng_state()])
-    if run.main:
-        save_checkpoint(
-            run.run_dir, run.state, run.save_adapters, run.optimizer, run.scheduler, rng_states
-        )
-        prune_checkpoints(run.run_dir, run.training.save_total_limit)
+    with run.sharding.gathered():  # whole weights and optimizer state: the unsharded format
+        optimizer_state = run.sharding.full_optimizer_state(run.optimizer)
+        if run.main:
+            save_checkpoint(
+                run.run_dir, run.state, run.save_adapters, run.optimizer, run.scheduler,
+                rng_states, optimizer_state=optimizer_state,
+            )  # fmt: skip
+            prune_checkpoints(run.run_dir, run.training.save_total_limit)
     run.accelerator.wait_for_everyone()
     run.loop.last_saved = run.state.global_step
 
@@ -305,8 +314,11 @@ def train_locked(config: RunConfig, resume: str | None, progress: bool) -> dict[
 
 def finish(run: Run, train_runtime: float, samples_done: int) -> dict[str, Any]:
     """best/, the skipped inputs, best/'s validation and test metrics, all_results.json."""
+    sharding = run.sharding.report(run.optimizer)  # counted while still sharded
+    run.sharding.gather_for_good()  # no more training: best/ loads into whole weights
     write_final_best(run)
     results = results_record(run, train_runtime, samples_done)
+    results["sharding"] = sharding
     write_skipped_inputs(run)
     results.update(evaluate_best(run))
     if run.main:

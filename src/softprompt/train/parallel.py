@@ -26,13 +26,30 @@ from softprompt.tuners.tuner_set import TunerSet
 
 logger = logging.getLogger("softprompt")
 
-# Sharding strategies that would need the frozen backbone itself sharded (evaluation,
-# generation and saving included); the loop keeps a whole replica per device instead.
+# accelerate's own sharding engines: they would wrap the whole model and own saving and
+# evaluation; the loop shards itself (`training.sharding: fsdp`, train/sharding.py) and
+# keeps checkpoints in one unsharded format. On a CPU accelerate even drops FSDP silently
+# for DDP, so its config is read from the launcher's variables too.
 UNSUPPORTED = {
     DistributedType.FSDP: "FSDP",
     DistributedType.DEEPSPEED: "DeepSpeed",
     DistributedType.MEGATRON_LM: "Megatron-LM",
 }
+LAUNCHER_FLAGS = {
+    "ACCELERATE_USE_FSDP": "FSDP",
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
+}
+
+
+def sharding_engine_problem(name: str) -> str:
+    """The message for an accelerate config that asks for a sharding engine."""
+    return (
+        f"accelerate's {name} is not used by softprompt: set training.sharding: fsdp (FSDP2 "
+        "over the transformer blocks that train, checkpoints saved whole) and launch with "
+        "a plain multi-process config, configs/accelerate/ddp.yaml or cpu_2proc.yaml, or "
+        "torchrun (see the README's 'Multi-process training')"
+    )
 
 
 def _launched_processes() -> int:
@@ -50,10 +67,13 @@ def make_accelerator(t: TrainingConfig) -> Accelerator:
     """The run's Accelerator, refusing set-ups the loop would not train correctly.
 
     Raises:
-        ConfigError: an FSDP/DeepSpeed/Megatron launch, or processes that did not join
+        ConfigError: an accelerate FSDP/DeepSpeed/Megatron config, or processes that did not join
             one group (each would train alone and overwrite the others' files).
     """
     launched = _launched_processes()
+    for variable, engine in LAUNCHER_FLAGS.items():
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(sharding_engine_problem(engine))
     if os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1") != "1":
         logger.warning(
             "accelerate's gradient_accumulation_steps is ignored; "
@@ -73,12 +93,7 @@ def make_accelerator(t: TrainingConfig) -> Accelerator:
     )
     name = UNSUPPORTED.get(accelerator.distributed_type)
     if name is not None:
-        raise ConfigError(
-            f"{name} is not supported: the loop keeps a whole frozen backbone on every "
-            "device and trains only small parts, for which plain data parallelism (DDP) "
-            "is what fits; launch with configs/accelerate/ddp.yaml (see the README's "
-            "'Multi-process training')"
-        )
+        raise ConfigError(sharding_engine_problem(name))
     if accelerator.num_processes != launched:
         raise ConfigError(
             f"launched as {launched} processes but they did not form one group "

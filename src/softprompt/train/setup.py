@@ -48,6 +48,7 @@ from softprompt.train.run_files import (
     save_context,
     save_initial_prompt,
 )
+from softprompt.train.sharding import Sharding, shard_for_training
 from softprompt.tuners.spec import family_method_problem
 from softprompt.tuners.tuner_set import TunerSet
 
@@ -88,6 +89,7 @@ class Run:
     backbone: Backbone
     tuners: TunerSet
     parts: torch.nn.Module  # the trainable tuners, DDP-wrapped when several processes
+    sharding: Sharding  # training.sharding: how the processes split what trains
     optimizer: torch.optim.Optimizer
     scheduler: Any
     task: Task
@@ -165,16 +167,25 @@ def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
         save_initial_prompt(run_dir, tuners, context, keep_existing=bool(resume))
     _setup_training_modes(t, backbone, accelerator)
     examples_per_step, total_steps = _step_counts(t, accelerator, len(data.train_examples))
-    parts, optimizer, scheduler = _setup_optimizer(t, accelerator, backbone, tuners, total_steps)
+    checkpoint = resolve_resume(resume, run_dir) if resume else None
+    payload = validate_checkpoint(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None:  # whole weights load before they are sharded
+        load_resumed_adapters(checkpoint, tuners, context)
+    trainable = [p for group in tuners.param_groups() for p in group["params"]]
+    sharding = shard_for_training(t.sharding, accelerator, backbone.model, trainable)
+    parts, optimizer, scheduler = _setup_optimizer(
+        t, accelerator, TrainableParts(backbone, tuners), tuners, total_steps, sharding
+    )
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process, t.report_to)
     state = _setup_state(
-        resume, run_dir, tuners, optimizer, scheduler, log,
+        resume, checkpoint, payload, optimizer, scheduler, log,
         rank=accelerator.process_index, batch_size=t.batch_size,
-        examples_per_step=examples_per_step, context=context,
+        examples_per_step=examples_per_step,
     )  # fmt: skip
     return Run(
         config=config, accelerator=accelerator, run_dir=run_dir, backbone=backbone,
-        tuners=tuners, parts=parts, optimizer=optimizer, scheduler=scheduler,
+        tuners=tuners, parts=parts, sharding=sharding, optimizer=optimizer,
+        scheduler=scheduler,
         task=data.task, settings=encode_settings(config),
         train_examples=data.train_examples, val_examples=data.val_examples,
         lengths=data.lengths, skipped=data.skipped,
@@ -287,19 +298,26 @@ def _step_counts(t: TrainingConfig, accelerator: Accelerator, n_train: int) -> t
 def _setup_optimizer(
     t: TrainingConfig,
     accelerator: Accelerator,
-    backbone: Backbone,
+    parts: TrainableParts,
     tuners: TunerSet,
     total_steps: int,
+    sharding: Sharding,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
-    """(the trainable parts, prepared for the processes; the optimizer; the scheduler)."""
+    """(the trainable parts, prepared for the processes; the optimizer; the scheduler).
+
+    Built after sharding: the optimizer must hold the sharded parameters.
+    """
     optimizer = torch.optim.AdamW(
         tuners.param_groups(), lr=t.learning_rate, weight_decay=t.weight_decay
     )
+    sharding.attach(optimizer)
     scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps
     )
-    # The scheduler is not prepared: accelerate would step it once per process.
-    parts, optimizer = accelerator.prepare(TrainableParts(backbone, tuners), optimizer)
+    if sharding.strategy == "none":
+        # The scheduler is not prepared: accelerate would step it once per process.
+        # Sharded parts are not wrapped for DDP: FSDP and Sharding.sync_gradients average.
+        parts, optimizer = accelerator.prepare(parts, optimizer)
     return parts, optimizer, scheduler
 
 
@@ -311,8 +329,8 @@ def _greater_is_better(t: TrainingConfig) -> bool:
 
 def _setup_state(
     resume: str | None,
-    run_dir: Path,
-    tuners: TunerSet,
+    path: Path | None,
+    payload: dict[str, Any] | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     log: MetricsLog,
@@ -320,16 +338,12 @@ def _setup_state(
     rank: int,
     batch_size: int,
     examples_per_step: int,
-    context: dict[str, Any],
 ) -> TrainState:
-    """A fresh position, or the newest (or given) checkpoint's: checked to be of this run
-    (base model, methods, prompt shapes, task), its weights, optimizer, scheduler and
-    random state are loaded, and the log forgets the steps after it."""
+    """A fresh position, or the checkpoint's at `path` (`payload`: its validated state;
+    its weights already loaded by `load_resumed_adapters`): its optimizer, scheduler and random state are loaded, and
+    the log forgets the steps after it."""
     state = TrainState()
-    path = resolve_resume(resume, run_dir) if resume else None
     if path is not None:
-        payload = validate_checkpoint(path)
-        load_resumed_adapters(path, tuners, context)
         state = load_checkpoint(
             path, optimizer, scheduler, process_index=rank, batch_size=batch_size,
             payload=payload,
