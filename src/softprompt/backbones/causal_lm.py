@@ -47,9 +47,7 @@ class CausalLMBackbone(TextBackboneBase):
     ) -> dict[str, torch.Tensor]:
         """Inputs with targets appended (right-padded), or inputs alone (left-padded)."""
         tok = self.tokenizer
-        inputs = tok(
-            [e.input for e in examples], truncation=True, max_length=settings.max_input_length
-        )["input_ids"]
+        inputs = input_token_ids(tok, [e.input for e in examples], settings.max_input_length)
         if not with_targets:
             return {
                 "input_ids": pad_batch(inputs, tok.pad_token_id, side="left"),
@@ -138,6 +136,14 @@ class CausalLMBackbone(TextBackboneBase):
             inputs_embeds=embeds[:, shared:], past_key_values=cache, use_cache=True
         ).last_hidden_state
         return torch.cat([head_hidden, tail], dim=1)
+
+
+def input_token_ids(tokenizer, texts: list[str], max_input_length: int) -> list[list[int]]:
+    """The token ids a causal LM reads for each input text, before the soft prompt goes in
+    front: special tokens (BOS, ...) as the tokenizer adds them, truncated to
+    `max_input_length`. `collate` and the vLLM prompt-embeds client both tokenize here, so a
+    client's input is exactly the one `predict` feeds the model."""
+    return tokenizer(texts, truncation=True, max_length=max_input_length)["input_ids"]
 
 
 def is_right_padded(mask: torch.Tensor) -> bool:

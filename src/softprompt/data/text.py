@@ -145,6 +145,27 @@ def load_text_examples(
     return examples
 
 
+def record_input(
+    record: dict[str, Any],
+    input_field: str = "input",
+    template: str | None = None,
+    where: str = "request",
+) -> str:
+    """The text a model reads for one input record, as a record of a file is read: its
+    `input_field` value, through `template` (`{input}` and any other field it names).
+
+    Args:
+        where: what error messages call the record.
+
+    Raises:
+        DataError: the field is missing or not text, or the template names a field the
+            record lacks.
+    """
+    names = tuple(_template_fields(template)) if template is not None else ()
+    fields = _Fields(input_field, "target", "id", template, names, False)
+    return _to_example(RawRecord(where, where, record), fields).input
+
+
 # ----------------------------------------------------------------------------- field mapping
 
 

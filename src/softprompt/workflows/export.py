@@ -72,11 +72,14 @@ def check_output(bundle: str | Path, output: Path, overwrite: bool) -> None:
         )
 
 
-def replace_directory(output: Path, write) -> None:
+def replace_directory(output: Path, write, what: str = "the merged model") -> None:
     """Call `write(tmp)` on a fresh sibling of `output`, then rename it to `output`.
 
     An existing `output` is moved aside first and removed after the rename; if anything
     fails, the sibling is removed and `output` is left as it was.
+
+    Args:
+        what: what is written, for the error message.
 
     Raises:
         ConfigError: the directory cannot be written or renamed (names it and why).
@@ -92,7 +95,7 @@ def replace_directory(output: Path, write) -> None:
         _swap_in(tmp, real, old)
     except OSError as err:
         raise ConfigError(
-            f"--output {output}: cannot write the merged model ({err.strerror or err}); "
+            f"--output {output}: cannot write {what} ({err.strerror or err}); "
             "the directory is unchanged"
         ) from None
     finally:
