@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from transformers import get_scheduler
 
 from softprompt.artifacts.bundle import read_bundle
@@ -167,7 +167,7 @@ def setup_run(config: RunConfig, resume: str | None, progress: bool) -> Run:
         save_initial_prompt(run_dir, tuners, context, keep_existing=bool(resume))
     _setup_training_modes(t, backbone, accelerator)
     examples_per_step, total_steps = _step_counts(t, accelerator, len(data.train_examples))
-    checkpoint = resolve_resume(resume, run_dir) if resume else None
+    checkpoint = agreed_checkpoint(resume, run_dir, accelerator)
     payload = validate_checkpoint(checkpoint) if checkpoint is not None else None
     if checkpoint is not None:  # whole weights load before they are sharded
         load_resumed_adapters(checkpoint, tuners, context)
@@ -363,6 +363,29 @@ def _setup_state(
         log.forget_after(state.global_step)
     state.examples_per_step = examples_per_step
     return state
+
+
+def agreed_checkpoint(resume: str | None, run_dir: Path, accelerator: Accelerator) -> Path | None:
+    """The checkpoint to resume from, the same for every process.
+
+    Each process looks in its own `training.output_dir`; on several machines that must be
+    one shared directory, or they would start from different steps and wait on each other.
+
+    Raises:
+        ConfigError: the processes see different checkpoints.
+    """
+    checkpoint = resolve_resume(resume, run_dir) if resume else None
+    if accelerator.num_processes == 1:
+        return checkpoint
+    seen = gather_object([checkpoint.name if checkpoint is not None else None])
+    if len(set(seen)) > 1:
+        views = ", ".join(f"process {i}: {name or 'none'}" for i, name in enumerate(seen))
+        raise ConfigError(
+            f"the processes see different checkpoints to resume in {str(run_dir)!r} ({views}): "
+            "training.output_dir must be one directory that every machine reads and writes "
+            "(a shared filesystem)"
+        )
+    return checkpoint
 
 
 def load_resumed_adapters(path: Path, tuners: TunerSet, context: dict[str, Any]) -> None:
