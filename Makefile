@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_bank.py
 	$(PY) bench/bench_serve.py
 	$(PY) bench/bench_coop.py
+	$(PY) bench/fsdp_memory.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo tools

@@ -39,3 +39,21 @@ def test_easyvqa_by_type_splits_accuracy_by_question_type(tmp_path) -> None:
         "negated yes/no": "50.0% of 2",
         "all": "50.0%",
     }
+
+
+def test_gpu_check_refuses_without_cuda_and_runs_its_checks_on_the_cpu(tiny_models) -> None:
+    """tools/gpu_check.sh is for GPU machines; --cpu runs the same checks here (gloo)."""
+    script = [str(ROOT / "tools" / "gpu_check.sh")]
+    env = {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    refused = subprocess.run(script, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and "no CUDA device here" in refused.stdout
+    flags = ["--cpu", "--model", str(tiny_models["llama"]), "--steps", "3"]
+    flags += ["--only", "qlora", "ddp", "fsdp", "server"]
+    done = subprocess.run([*script, *flags], capture_output=True, text=True, env=env, timeout=900)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert [line.split(":")[0] for line in lines] == ["qlora", "ddp", "fsdp", "server"]
+    assert "skipped on the CPU" in lines[0]
+    assert "2 processes (gloo)" in lines[1]
+    assert "blocks over 2 processes" in lines[2]
+    assert lines[3].startswith("server: 20/20 completions answered")
