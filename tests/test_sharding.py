@@ -184,3 +184,30 @@ def test_one_process_with_fsdp_shards_nothing(tiny_models, toy_data, tmp_path, c
         results = train(load_config(write_config(tmp_path / "c.yaml", raw)))
     assert "one process: nothing to shard" in caplog.text
     assert results["sharding"] == {"strategy": "none"}
+
+
+def test_sharded_bf16_run_trains_what_one_process_trains(sharded_runs):
+    """bf16 autocast over sharded blocks: float32 master weights, so the two runs differ
+    only by bf16 matmuls on half batches. Adam turns that noise in near-zero gradients
+    (LoRA's A while B is still near 0) into steps up to the learning rate (0.01); the
+    losses stay within 0.1%."""
+    root, data, model = (
+        sharded_runs["root"],
+        sharded_runs["data"],
+        sharded_runs["llama-lora"]["model"],
+    )
+    one, two = root / "bf16-one", root / "bf16-two"
+    train(
+        load_config(
+            write_config(root / "bf16-1.yaml", sections(model, data, one, "lora", 8, bf16=True))
+        )
+    )
+    cfg = sections(model, data, two, "lora", 4, bf16=True, sharding="fsdp")
+    assert "transformer blocks sharded" in torchrun_two(write_config(root / "bf16-2.yaml", cfg))
+    loss_one = [e["loss"] for e in events(one) if e["event"] == "train"]
+    loss_two = [e["loss"] for e in events(two) if e["event"] == "train"]
+    assert loss_two == pytest.approx(loss_one, rel=2e-3)
+    wa, wb = weights(one / "best"), weights(two / "best")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-2, msg=name)
