@@ -1,45 +1,108 @@
 """The HTTP API (FastAPI): OpenAI-compatible completions, chat and models, our `predict`,
-prompt reload, health and Prometheus metrics. See docs/serve.md."""
+prompt reload, health and Prometheus metrics. See docs/serve.md.
+
+The routes answer through a `Backend`: `LocalBackend` is one process's `PromptServer`
+(`softprompt serve`); serving/ray_app.py's backend forwards each request to the Ray
+replica that holds its prompt (`softprompt serve --ray`). Both get these same routes,
+request schemas, guards and error answers.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
+import asyncio
 from contextlib import asynccontextmanager
-from pathlib import Path
+from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from softprompt.serving.engine import Answer
-from softprompt.serving.errors import ApiError, BodyLimit, check_key, error_body, install_handlers
-from softprompt.serving.jobs import (
-    chat_input,
-    image_example,
-    make_jobs,
-    resolve,
-    run_jobs,
-    stream_jobs,
-    text_example,
-)
+from softprompt.serving.answers import Answered, answer, pool_view
+from softprompt.serving.errors import BodyLimit, check_key, install_handlers
+from softprompt.serving.metrics import ServerMetrics
 from softprompt.serving.schemas import ChatRequest, CompletionRequest, PredictRequest
-from softprompt.serving.server import PromptServer
+from softprompt.serving.server import PromptServer, ServeOptions
 
 COUNTED = ("/v1/completions", "/v1/chat/completions", "/v1/predict")
 
 
+class Backend(Protocol):
+    """What the routes answer from.
+
+    Attributes:
+        options: the server's settings (API key, body limit) read by the guards.
+        metrics: the registry `GET /metrics` renders; requests are counted into it.
+    """
+
+    options: ServeOptions
+    metrics: ServerMetrics
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    async def health(self) -> dict:
+        """`{"status": "ok", "prompts": N, "queue": inputs waiting or running}`."""
+        ...
+
+    async def listing(self, reload: bool = False) -> dict:
+        """`{"loaded": [model cards], "refused": {name: reason}}`; `reload` rescans first."""
+        ...
+
+    async def answer(self, endpoint: str, body: Any) -> Answered:
+        """One request of "completions", "chat" or "predict" (raises `ApiError`)."""
+        ...
+
+
+class LocalBackend:
+    """The routes on one process's `PromptServer`. Building the app reads only the
+    server's `options` (tools/write_openapi.py builds it around a stand-in)."""
+
+    def __init__(self, server: PromptServer) -> None:
+        self.server = server
+
+    @property
+    def options(self) -> ServeOptions:
+        return self.server.options
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        return self.server.metrics
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()  # the queue is answered first: requests in flight complete
+
+    async def health(self) -> dict:
+        server = self.server
+        return {"status": "ok", "prompts": len(server.pool.prompts), "queue": server.engine.depth}
+
+    async def listing(self, reload: bool = False) -> dict:
+        if reload:  # reading prompts touches the disk: off the event loop
+            await asyncio.to_thread(self.server.reload)
+        return pool_view(self.server)
+
+    async def answer(self, endpoint: str, body: Any) -> Answered:
+        return await answer(self.server, endpoint, body)
+
+
 def create_app(server: PromptServer, manage: bool = True) -> FastAPI:
     """The app serving `server`; with `manage`, its lifespan starts and stops the server."""
+    return create_api(LocalBackend(server), manage)
+
+
+def create_api(backend: Backend, manage: bool = True) -> FastAPI:
+    """The app answering from `backend`; with `manage`, its lifespan starts and stops it."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         if manage:
-            server.start()
+            backend.start()
         yield
         if manage:
-            server.stop()  # the queue is answered first: requests in flight complete
+            backend.stop()
 
     app = FastAPI(
         title="softprompt serve",
@@ -48,181 +111,70 @@ def create_app(server: PromptServer, manage: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
-    _count_requests(app, server)
-    app.add_middleware(BodyLimit, limit=int(server.options.max_body_mb * 2**20))
-    _add_routes(app, server)
+    _count_requests(app, backend)
+    app.add_middleware(BodyLimit, limit=int(backend.options.max_body_mb * 2**20))
+    _add_routes(app, backend)
     return app
 
 
-def _count_requests(app: FastAPI, server: PromptServer) -> None:
+def _count_requests(app: FastAPI, backend: Backend) -> None:
     @app.middleware("http")
     async def count(request: Request, call_next):
         response = await call_next(request)
         if request.url.path in COUNTED:
             prompt = getattr(request.state, "prompt", "")
-            server.metrics.requests.labels(prompt, str(response.status_code)).inc()
+            backend.metrics.requests.labels(prompt, str(response.status_code)).inc()
         return response
 
 
-def _add_routes(app: FastAPI, server: PromptServer) -> None:
+def _send(answered: Answered, response: Response):
+    """A route's return value: the JSON body (headers added), or the event stream."""
+    if answered.events is not None:
+        return StreamingResponse(
+            answered.events, media_type="text/event-stream", headers=answered.headers
+        )
+    response.headers.update(answered.headers)
+    return answered.body
+
+
+def _add_routes(app: FastAPI, backend: Backend) -> None:
     def authorised(request: Request) -> None:
-        check_key(request, server.options.api_key)
+        check_key(request, backend.options.api_key)
 
     guard = [Depends(authorised)]
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "prompts": len(server.pool.prompts), "queue": server.engine.depth}
+    async def health() -> dict:
+        return await backend.health()
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(server.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(backend.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", dependencies=guard)
-    def models() -> dict:
-        return {
-            "object": "list",
-            "data": [_model_card(server, p) for p in server.pool.prompts.values()],
-        }
+    async def models() -> dict:
+        return {"object": "list", "data": (await backend.listing())["loaded"]}
 
     @app.get("/v1/prompts", dependencies=guard)
-    def prompts() -> dict:
-        return _pool_view(server)
+    async def prompts() -> dict:
+        return await backend.listing()
 
     @app.post("/v1/prompts/reload", dependencies=guard)
-    def reload() -> dict:
-        server.reload()
-        return _pool_view(server)
+    async def reload() -> dict:
+        return await backend.listing(reload=True)
 
     @app.post("/v1/completions", dependencies=guard)
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(body: CompletionRequest, request: Request, response: Response):
         request.state.prompt = body.model
-        prompt = resolve(server, body.model)
-        examples = [text_example(prompt, t, i) for i, t in enumerate(body.prompts())]
-        jobs = make_jobs(server, prompt, examples, body, body.max_tokens)
-        return await _respond(server, "completions", body.model, jobs, body.stream, chat=False)
+        return _send(await backend.answer("completions", body), response)
 
     @app.post("/v1/chat/completions", dependencies=guard)
-    async def chat(body: ChatRequest, request: Request):
+    async def chat(body: ChatRequest, request: Request, response: Response):
         request.state.prompt = body.model
-        prompt = resolve(server, body.model)
-        tokens = body.max_completion_tokens or body.max_tokens
-        jobs = make_jobs(server, prompt, [chat_input(server, prompt, body)], body, tokens)
-        return await _respond(server, "chat", body.model, jobs, body.stream, chat=True)
+        return _send(await backend.answer("chat", body), response)
 
     @app.post("/v1/predict", dependencies=guard)
-    async def predict(body: PredictRequest, request: Request) -> list[dict]:
+    async def predict(body: PredictRequest, request: Request, response: Response) -> list[dict]:
         """The records `softprompt predict` writes for the same inputs."""
         request.state.prompt = body.model
-        prompt = resolve(server, body.model)
-        examples = [_predict_example(server, prompt, item, i) for i, item in enumerate(body.inputs)]
-        jobs = make_jobs(server, prompt, examples, None, body.max_new_tokens)
-        started = time.monotonic()
-        answers = await run_jobs(server, jobs)
-        _observe(server, "predict", started, answers)
-        records = [a.record for a in answers]
-        for record, item in zip(records, body.inputs, strict=True):
-            if prompt.task_type == "text2text":  # as `predict --text` writes them
-                record["input"] = item.text
-            elif "image" in record:  # the image by content, never the server's own path
-                record["image"] = f"sha256:{Path(record['image']).name}"
-        return records
-
-
-def _predict_example(server: PromptServer, prompt, item, index: int):
-    if prompt.task_type == "text2text":
-        if item.text is None:
-            raise ApiError(422, f"inputs.{index}.text: a text prompt needs 'text'", "invalid_field")
-        return text_example(prompt, item.text, index)
-    if item.image is None:
-        raise ApiError(422, f"inputs.{index}.image: an image prompt needs 'image'", "invalid_field")
-    return image_example(server, prompt, item.image, item.question or "", index)
-
-
-def _model_card(server: PromptServer, prompt) -> dict:
-    return {
-        "id": prompt.name,
-        "object": "model",
-        "created": int(prompt.directory.stat().st_mtime) if prompt.directory.exists() else 0,
-        "owned_by": "softprompt",
-        "parent": server.backbone.name_or_path,
-        "root": server.backbone.name_or_path,
-        "task_type": prompt.task_type,
-        "num_virtual_tokens": prompt.virtual_tokens,
-    }
-
-
-def _pool_view(server: PromptServer) -> dict:
-    loaded = [_model_card(server, p) for p in server.pool.prompts.values()]
-    return {"loaded": loaded, "refused": dict(server.pool.refused)}
-
-
-def _observe(server: PromptServer, endpoint: str, started: float, answers: list[Answer]) -> None:
-    server.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
-    for answer in answers:
-        server.metrics.first_token.labels(endpoint).observe(answer.first_token_s)
-
-
-async def _respond(server, endpoint: str, model: str, jobs, stream: bool, chat: bool):
-    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-    created = int(time.time())
-    started = time.monotonic()
-    if stream:
-        queued = stream_jobs(server, jobs)  # a full queue is a 503 here, not an empty stream
-        events = _sse(server, endpoint, queued, ident, created, model, chat, started)
-        return StreamingResponse(events, media_type="text/event-stream")
-    answers = await run_jobs(server, jobs)
-    _observe(server, endpoint, started, answers)
-    choices = [_choice(i, a, chat) for i, a in enumerate(answers)]
-    kind = "chat.completion" if chat else "text_completion"
-    return {"id": ident, "object": kind, "created": created, "model": model,
-            "choices": choices, "usage": _usage(answers)}  # fmt: skip
-
-
-def _choice(index: int, answer: Answer, chat: bool) -> dict:
-    if chat:
-        message = {"role": "assistant", "content": answer.text}
-        return {"index": index, "message": message, "finish_reason": answer.finish}
-    return {"index": index, "text": answer.text, "finish_reason": answer.finish, "logprobs": None}
-
-
-def _usage(answers: list[Answer]) -> dict:
-    prompt = sum(a.prompt_tokens for a in answers)
-    completion = sum(a.completion_tokens for a in answers)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-async def _sse(server, endpoint, events, ident, created, model, chat, started):
-    """OpenAI's server-sent events: a chunk per new piece of text, a last chunk per
-    choice with its finish reason, then `[DONE]`."""
-    kind = "chat.completion.chunk" if chat else "text_completion"
-    head = {"id": ident, "object": kind, "created": created, "model": model}
-    if chat:  # OpenAI opens a chat stream with the assistant's role
-        opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        yield _event({**head, "choices": [opening]})
-    seen_first, answers = False, []
-    try:
-        async for index, value in events:
-            if isinstance(value, Answer):
-                answers.append(value)
-                choice = {"index": index, "finish_reason": value.finish}
-                choice.update({"delta": {}} if chat else {"text": "", "logprobs": None})
-                yield _event({**head, "choices": [choice]})
-                continue
-            if not seen_first:
-                server.metrics.first_token.labels(endpoint).observe(time.monotonic() - started)
-                seen_first = True
-            piece = {"delta": {"content": value}} if chat else {"text": value, "logprobs": None}
-            yield _event({**head, "choices": [{"index": index, "finish_reason": None, **piece}]})
-    except ApiError as err:
-        yield _event(error_body(err.status, err.message, err.code))
-    server.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
-    yield "data: [DONE]\n\n"
-
-
-def _event(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+        return _send(await backend.answer("predict", body), response)

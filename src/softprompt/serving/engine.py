@@ -129,6 +129,11 @@ class Engine:
     def depth(self) -> int:
         return self._queue.qsize() + self._busy
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker runs (a started engine whose worker ended answers nothing)."""
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 60.0) -> None:
         """Answer what is queued, then stop the worker."""
         self._stop.set()

@@ -28,8 +28,13 @@ def resolve(server: PromptServer, name: str) -> ServedPrompt:
     """
     prompt = server.pool.get(name)
     if prompt is None:
-        raise ApiError(404, f"no prompt {name!r} (GET /v1/models lists them)", "model_not_found")
+        raise not_found(name)
     return prompt
+
+
+def not_found(name: str) -> ApiError:
+    """The 404 of a request naming a prompt that is not served."""
+    return ApiError(404, f"no prompt {name!r} (GET /v1/models lists them)", "model_not_found")
 
 
 def is_vision(prompt: ServedPrompt) -> bool:

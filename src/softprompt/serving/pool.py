@@ -62,6 +62,19 @@ class ServedPrompt:
     def virtual_tokens(self) -> int:
         return int(self.vectors.shape[0])
 
+    def card(self, base_model: str) -> dict:
+        """Its entry in `GET /v1/models`: OpenAI's model fields and two of ours."""
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": int(self.directory.stat().st_mtime) if self.directory.exists() else 0,
+            "owned_by": "softprompt",
+            "parent": base_model,
+            "root": base_model,
+            "task_type": self.task_type,
+            "num_virtual_tokens": self.virtual_tokens,
+        }
+
 
 @dataclass(frozen=True)
 class PromptPool:

@@ -79,8 +79,12 @@ class PromptServer:
         self._watcher = threading.Thread(target=self._watch, name="softprompt-reload", daemon=True)
 
     @classmethod
-    def load(cls, options: ServeOptions) -> PromptServer:
+    def load(cls, options: ServeOptions, read_prompts: bool = True) -> PromptServer:
         """The server of `options`, its prompts read (not started yet).
+
+        Args:
+            read_prompts: False leaves the pool empty: prompts are read one at a time
+                when requests name them (a Ray replica's, serving/resident.py).
 
         Raises:
             UserError: bad settings, or no base model (no servable prompt and no --model).
@@ -90,7 +94,8 @@ class PromptServer:
         backbone.model.to(default_device())
         backbone.model.eval()
         server = cls(backbone, options)
-        server.reload()
+        if read_prompts:
+            server.reload()
         return server
 
     def reload(self) -> PromptPool:
@@ -102,9 +107,11 @@ class PromptServer:
                 cache.max_entries = max(cache.max_entries, len(self.pool.prompts) + 8)
             return self.pool
 
-    def start(self) -> None:
+    def start(self, watch: bool = True) -> None:
+        """Run the engine and, with `watch`, the rescans of the prompt directory."""
         self.engine.start()
-        self._watcher.start()
+        if watch:
+            self._watcher.start()
 
     def stop(self) -> None:
         """Answer what is queued, then stop the engine and the watcher."""
