@@ -33,7 +33,7 @@ def test_committed_docs_equal_the_rendering_of_the_committed_json(capsys):
 
 
 def test_readme_and_benchmarks_hold_the_targets_block():
-    for doc in render_results.DOCS:
+    for doc in ("README.md", "docs/benchmarks.md"):
         names = [
             name
             for name, _, _ in render_results.blocks((ROOT / doc).read_text(encoding="utf-8"), doc)
@@ -41,6 +41,10 @@ def test_readme_and_benchmarks_hold_the_targets_block():
         assert "targets" in names, doc
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme.index("<!-- results:targets end -->") < readme.index("## Documentation")
+    results = (ROOT / "docs/results.md").read_text(encoding="utf-8")
+    assert [name for name, _, _ in render_results.blocks(results, "results.md")] == [
+        "easyvqa-anchor"
+    ]
 
 
 def test_changing_a_number_fails_the_check_naming_the_block(tmp_path, capsys):

@@ -4,7 +4,7 @@
     python tools/render_results.py --check   # exit 1 naming each block that differs
 
 A block is the text between `<!-- results:NAME start -->` and `<!-- results:NAME end -->` in
-README.md or docs/benchmarks.md; NAME picks the table (results_tables.TABLES, plus `targets`).
+README.md, docs/benchmarks.md or docs/results.md; NAME picks the table (results_tables.TABLES, plus `targets`).
 Each rendered table ends with a line naming its source files and the machine fields they record.
 """
 
@@ -22,7 +22,7 @@ from results_tables import MissingResult, Renderer, Results  # noqa: E402
 from results_targets import SOURCES, targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/benchmarks.md")
+DOCS = ("README.md", "docs/benchmarks.md", "docs/results.md")
 TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {"targets": (targets, SOURCES), **FILE_TABLES}
 MARKER = re.compile(r"<!-- results:([\w-]+) (start|end) -->")
 MACHINE_KEYS = ("cpu", "cores", "threads", "torch_threads", "torch", "transformers", "python")

@@ -327,6 +327,35 @@ def fsdp(results: Results) -> str:
     return table(["method", "processes", "trained parameters", "GiB per process"], rows, right=1)
 
 
+def easyvqa_anchor(results: Results) -> str:
+    """easy-VQA's CNN + bag-of-words baseline, every seed and the spread."""
+    data = results("easyvqa_cnn_baseline.json")
+    rows = [
+        [
+            f"seed {r['seed']}",
+            f"{r['test_accuracy_first_2000']:.2f}",
+            f"{r['test_accuracy_all']:.2f}",
+            f"{r['train_seconds']:.0f}",
+        ]
+        for r in data["runs"]
+    ]
+    rows.append(
+        [
+            f"median (min-max), {len(data['runs'])} seeds",
+            spread(data["test_accuracy_first_2000"], ".2f"),
+            spread(data["test_accuracy_all"], ".2f"),
+            spread(data["train_seconds"], ".0f"),
+        ]
+    )
+    header = [
+        "CNN + bag of words, from scratch",
+        "first 2,000 test %",
+        "all 9,673 test %",
+        "train s",
+    ]
+    return table(header, rows)
+
+
 Renderer = Callable[[Results], str]
 TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {
     "train": (train, ("train_vs_peft.json",)),
@@ -341,4 +370,5 @@ TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {
     "serve": (serve, ("serve.json",)),
     "coop": (coop, ("coop.json",)),
     "fsdp-memory": (fsdp, ("fsdp_memory.json",)),
+    "easyvqa-anchor": (easyvqa_anchor, ("easyvqa_cnn_baseline.json",)),
 }
