@@ -67,10 +67,11 @@ clean:
 docs: $(STAMP)
 	$(PY) tools/update_readme.py
 
-# Benchmark tables in README.md and docs/benchmarks.md, from bench/results/*.json (--check: compare only).
 # The real-data anchors on top of `make bench` (each writes bench/results/*.json).
 bench-full: bench
 	$(PY) bench/baseline_easyvqa.py
 
+# Benchmark tables in README.md, docs/benchmarks.md and docs/results.md, from
+# bench/results/*.json (tools/render_results.py --check: compare only).
 results: $(STAMP)
 	$(PY) tools/render_results.py
