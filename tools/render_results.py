@@ -22,7 +22,7 @@ from results_tables import MissingResult, Renderer, Results  # noqa: E402
 from results_targets import SOURCES, targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/benchmarks.md", "docs/results.md")
+DOCS = ("README.md", "docs/benchmarks.md", "docs/results.md", "docs/distributed.md")
 TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {"targets": (targets, SOURCES), **FILE_TABLES}
 MARKER = re.compile(r"<!-- results:([\w-]+) (start|end) -->")
 MACHINE_KEYS = ("cpu", "cores", "threads", "torch_threads", "torch", "transformers", "python")

@@ -320,11 +320,13 @@ def fsdp(results: Results) -> str:
             r["method"],
             str(r["processes"]),
             f"{r['trainable_parameters']:,}",
+            f"{r['held_by_process_0']['trainable_parameters']:,}",
             f"{r['gib_per_process']:.1f}",
         ]
         for r in results("fsdp_memory.json")["rows"]
     ]
-    return table(["method", "processes", "trained parameters", "GiB per process"], rows, right=1)
+    header = ["method", "processes", "trained parameters", "held by a process", "GiB per process"]
+    return table(header, rows, right=1)
 
 
 def easyvqa_anchor(results: Results) -> str:
