@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=2000, help="easy-VQA test questions")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads")
+    parser.add_argument("--out", help="results file name (default: from the settings)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("softprompt").setLevel(logging.WARNING)
@@ -120,7 +121,7 @@ def main() -> None:
     name = "generate_reuse"
     name += "" if args.questions == 2000 else f"_{args.questions}"
     name += "" if args.threads == THREADS else f"_{args.threads}threads"
-    out = HERE / "results" / f"{name}.json"
+    out = HERE / "results" / (args.out or f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     settings_record = {
         "threads": args.threads,

@@ -456,6 +456,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--time-cap", type=float, help="seconds per pass at most (default 120)")
     parser.add_argument("--rss-prompts", type=int, help="prompts of the larger RSS process")
     parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
+    parser.add_argument("--out", help="results file name (default: from the settings)")
     parser.add_argument("--rss-only", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.custom = any(getattr(args, k) is not None for k in DEFAULTS)
@@ -487,7 +488,7 @@ def main() -> None:
     text = report(result)
     print(text)
     name = "serve_custom" if args.custom else "serve_quick" if args.quick else "serve"
-    out = HERE / "results" / f"{name}.json"
+    out = HERE / "results" / (args.out or f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"model": MODEL, "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "virtual_tokens": VIRTUAL_TOKENS, "max_batch_size": MAX_BATCH,

@@ -17,13 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_quality import QUALITY_TABLES  # noqa: E402
 from results_tables import TABLES as FILE_TABLES  # noqa: E402
 from results_tables import MissingResult, Renderer, Results  # noqa: E402
 from results_targets import SOURCES, targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "docs/benchmarks.md", "docs/results.md", "docs/distributed.md")
-TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {"targets": (targets, SOURCES), **FILE_TABLES}
+TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {
+    "targets": (targets, SOURCES),
+    **FILE_TABLES,
+    **QUALITY_TABLES,
+}
 MARKER = re.compile(r"<!-- results:([\w-]+) (start|end) -->")
 MACHINE_KEYS = ("cpu", "cores", "threads", "torch_threads", "torch", "transformers", "python")
 

@@ -109,23 +109,29 @@ def bf16(results: Results) -> str:
     return table(header, rows) + f"\n\n{ratios}"
 
 
+LORA_FILES = {"fp32": "lora_vs_peft.json", "bf16": "lora_vs_peft_bf16.json"}
+
+
 def lora(results: Results) -> str:
-    data = results("lora_vs_peft.json")
-    s, ratio = data["samples_per_s"], data["ratio_samples_per_s"]
-    rows = [
-        [
-            "PEFT LoRA, plain loop",
-            f"{s['peft']['median']:.3f}",
-            f"{s['peft']['min']:.3f}-{s['peft']['max']:.3f}",
-            "1.00",
-        ],
-        [
-            "softprompt LoRA",
-            f"{s['ours']['median']:.3f}",
-            f"{s['ours']['min']:.3f}-{s['ours']['max']:.3f}",
-            f"{ratio['median']:.2f}x (rounds: {runs(data['ratio_per_round'])})",
-        ],
-    ]
+    """LoRA step speed, ours vs PEFT, in fp32 and in bf16 (each file's own rounds)."""
+    rows = []
+    for precision, name in LORA_FILES.items():
+        data = results(name)
+        s, ratio = data["samples_per_s"], data["ratio_samples_per_s"]
+        rows += [
+            [
+                f"PEFT LoRA, plain loop, {precision}",
+                f"{s['peft']['median']:.3f}",
+                f"{s['peft']['min']:.3f}-{s['peft']['max']:.3f}",
+                "1.00",
+            ],
+            [
+                f"softprompt LoRA, {precision}",
+                f"{s['ours']['median']:.3f}",
+                f"{s['ours']['min']:.3f}-{s['ours']['max']:.3f}",
+                f"{ratio['median']:.2f}x (rounds: {runs(data['ratio_per_round'])})",
+            ],
+        ]
     return table(["path", "samples/s (median)", "spread (min-max)", "ratio ours/PEFT"], rows)
 
 
@@ -191,11 +197,7 @@ def feature_cache(results: Results) -> str:
     return table(header, rows)
 
 
-GENERATE_REUSE = (
-    "generate_reuse.json",
-    "generate_reuse_300_1threads.json",
-    "generate_reuse_300.json",
-)
+GENERATE_REUSE = ("generate_reuse.json",)
 
 
 def generate_reuse(results: Results) -> str:
@@ -329,41 +331,12 @@ def fsdp(results: Results) -> str:
     return table(header, rows, right=1)
 
 
-def easyvqa_anchor(results: Results) -> str:
-    """easy-VQA's CNN + bag-of-words baseline, every seed and the spread."""
-    data = results("easyvqa_cnn_baseline.json")
-    rows = [
-        [
-            f"seed {r['seed']}",
-            f"{r['test_accuracy_first_2000']:.2f}",
-            f"{r['test_accuracy_all']:.2f}",
-            f"{r['train_seconds']:.0f}",
-        ]
-        for r in data["runs"]
-    ]
-    rows.append(
-        [
-            f"median (min-max), {len(data['runs'])} seeds",
-            spread(data["test_accuracy_first_2000"], ".2f"),
-            spread(data["test_accuracy_all"], ".2f"),
-            spread(data["train_seconds"], ".0f"),
-        ]
-    )
-    header = [
-        "CNN + bag of words, from scratch",
-        "first 2,000 test %",
-        "all 9,673 test %",
-        "train s",
-    ]
-    return table(header, rows)
-
-
 Renderer = Callable[[Results], str]
 TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {
     "train": (train, ("train_vs_peft.json",)),
     "train-ratios": (train_ratios, ("train_vs_peft.json",)),
     "bf16": (bf16, ("bf16_easyvqa_effnet_smollm2.json",)),
-    "lora": (lora, ("lora_vs_peft.json",)),
+    "lora": (lora, tuple(LORA_FILES.values())),
     "switch": (switch, ("switch.json",)),
     "predict": (predict, ("predict.json",)),
     "feature-cache": (feature_cache, ("feature_cache.json",)),
@@ -372,5 +345,4 @@ TABLES: dict[str, tuple[Renderer, tuple[str, ...]]] = {
     "serve": (serve, ("serve.json",)),
     "coop": (coop, ("coop.json",)),
     "fsdp-memory": (fsdp, ("fsdp_memory.json",)),
-    "easyvqa-anchor": (easyvqa_anchor, ("easyvqa_cnn_baseline.json",)),
 }

@@ -28,7 +28,7 @@ class Target:
     measure: Callable[[dict], Measured]
     op: str | None = None  # None: no target stated anywhere
     value: float | Callable[[dict], float] | None = None
-    unit: str = "x"  # "x" (ratio), "%" (share) or "" (plain number)
+    unit: str = "x"  # "x" (ratio), "%" (share), " min" or "" (plain number)
 
 
 def _stats(s: dict) -> Measured:
@@ -88,7 +88,13 @@ TARGETS = (
            lambda d: _stats(d["ratios"]["ours bf16 / ours fp32"])),
     Target("`softprompt train` bf16 / fp32, demo config, samples/s", "bf16_easyvqa_effnet_smollm2.json",
            lambda d: _stats(d["ratios"]["bf16 / fp32"])),
-    Target("LoRA step / PEFT LoRA, samples/s", "lora_vs_peft.json",
+    Target("prompt-tuning step fp32 (ours), useful FLOP/s / fp32 matmul peak", "train_vs_peft.json",
+           lambda d: _stats(d["median"]["ours"]["fraction_of_fp32_peak"]), unit=""),
+    Target("prompt-tuning step bf16 (ours), useful FLOP/s / bf16 matmul peak", "train_vs_peft.json",
+           lambda d: _stats(d["median"]["ours-bf16"]["fraction_of_bf16_peak"]), unit=""),
+    Target("LoRA step / PEFT LoRA, fp32, samples/s", "lora_vs_peft.json",
+           lambda d: _stats(d["ratio_samples_per_s"]), ">=", 1.3),
+    Target("LoRA step / PEFT LoRA, bf16, samples/s", "lora_vs_peft_bf16.json",
            lambda d: _stats(d["ratio_samples_per_s"]), ">=", 1.3),
     Target("hot adapter switch vs reload, reload s / switch s", "switch.json",
            lambda d: (d["ratio"], None, None)),
@@ -119,6 +125,10 @@ TARGETS = (
     Target("CoOp: re-encoding images / cached features, warm epoch s", "coop.json",
            lambda d: (d["train"]["ratio_reencode_vs_cached"], *_of(d["train"]["ratio_per_round"])[1:]),
            ">=", lambda d: d["settings"]["target"]),
+    Target("`make bench`: minutes, sum of its scripts' last timed runs", "bench_times.json",
+           lambda d: (d["make_bench"]["minutes"], None, None), "<=", 15, " min"),
+    Target("`make bench-full`: minutes, sum of its scripts' last timed runs", "bench_times.json",
+           lambda d: (d["make_bench_full"]["minutes"], None, None), "<=", 90, " min"),
 )  # fmt: skip
 SOURCES = tuple(dict.fromkeys(t.source for t in TARGETS))
 
@@ -129,6 +139,8 @@ def _number(value: float, unit: str) -> str:
 
 def target_row(t: Target, data: dict) -> list[str]:
     value, lo, hi = t.measure(data)
+    if value is None:  # e.g. a make target whose scripts have not all run
+        return [t.what, "-", "-", f"{t.op} {t.value:g}{t.unit}", "not measured"]
     spread = "-" if lo is None else f"{_number(lo, t.unit)}-{_number(hi, t.unit)}"
     if t.op is None:
         return [t.what, _number(value, t.unit), spread, "none stated", "-"]
