@@ -37,7 +37,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The speed benchmarks at their budgets (within 15 min here), timed into
+# The speed benchmarks at their budgets (a 15-minute budget here), timed into
 # bench/results/bench_times.json; every script writes its own bench/results/*.json.
 bench: $(STAMP)
 	$(PY) bench/run_all.py
@@ -60,7 +60,7 @@ docs: $(STAMP)
 	$(PY) tools/update_readme.py
 
 # The speed benchmarks and the quality runs: the demo over 3 seeds, the aclsum method
-# table over 3 seeds, the easy-VQA and Fashion-MNIST anchors (within 90 min here).
+# table over 3 seeds, the easy-VQA and Fashion-MNIST anchors (a 90-minute budget here).
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 bench-full: $(STAMP)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null)

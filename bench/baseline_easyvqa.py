@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +36,9 @@ from easy_vqa import (
 )
 from PIL import Image
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "easyvqa_cnn_baseline.json"
 DEMO_QUESTIONS = 2000
@@ -147,13 +149,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "easy-VQA CNN + bag-of-words from scratch",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine(args.threads),
         "settings": {"epochs": args.epochs, "batch_size": BATCH, "learning_rate": LEARNING_RATE},
         "runs": runs,
         "test_accuracy_first_2000": summary([r["test_accuracy_first_2000"] for r in runs]),
